@@ -1,0 +1,128 @@
+"""``strata`` command line: train, eval, datasets, models, compare, bench.
+
+Subcommand flags are dataclasses parsed by transformers' HfArgumentParser (see strata.config);
+this module only dispatches, and turns a ``StrataError`` into one line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+
+from strata.errors import StrataError
+
+USAGE = """usage: strata <command> [flags]
+
+commands:
+  train      train a model (sft, pretrain or rl); `strata train --help` lists every flag
+  eval       evaluate a run folder or model on a dataset
+  datasets   list the dataset registry; `strata datasets show ID [--dataset_config C]`
+  models     list model presets with parameter counts
+  compare    compare stratified variants over seeds (see docs/stratified.md)
+  bench      run a benchmark from benchmarks/
+"""
+
+
+def _setup_environment() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import logging
+
+    # The console shows warnings; INFO records still reach logs/training.log through the run's file handler.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.setLevel(logging.WARNING)
+
+
+def cmd_train(argv: list[str]) -> int:
+    from strata.config import parse_run_config
+    from strata.training.run import train
+
+    config = parse_run_config(argv)
+    train(config)
+    return 0
+
+
+def cmd_eval(argv: list[str]) -> int:
+    from strata.evaluation.cli import run_eval
+
+    return run_eval(argv)
+
+
+def cmd_datasets(argv: list[str]) -> int:
+    from strata.data.registry import describe, format_table
+
+    if not argv:
+        print(format_table())
+        return 0
+    if argv[0] != "show" or len(argv) < 2:
+        raise StrataError("usage: strata datasets [show ID [--dataset_config C] [--hub_mirror DIR]]")
+    dataset_id, rest = argv[1], argv[2:]
+    config = _flag_value(rest, "--dataset_config")
+    mirror = _flag_value(rest, "--hub_mirror") or os.environ.get("STRATA_HUB_MIRROR")
+    print(describe(dataset_id, config, mirror))
+    return 0
+
+
+def _flag_value(argv: list[str], name: str) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == name and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def cmd_models(argv: list[str]) -> int:
+    from strata.models.catalog import format_presets
+
+    print(format_presets())
+    return 0
+
+
+def cmd_compare(argv: list[str]) -> int:
+    from strata.experiments.compare import main as compare_main
+
+    return compare_main(argv)
+
+
+def cmd_bench(argv: list[str]) -> int:
+    from strata.benchmarks import main as bench_main
+
+    return bench_main(argv)
+
+
+COMMANDS: dict[str, Callable[[list[str]], int]] = {
+    "train": cmd_train,
+    "eval": cmd_eval,
+    "datasets": cmd_datasets,
+    "models": cmd_models,
+    "compare": cmd_compare,
+    "bench": cmd_bench,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"error: unknown command {command!r}; choose one of {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    _setup_environment()
+    try:
+        return COMMANDS[command](rest)
+    except StrataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def train_main() -> int:
+    """``python train.py``: exactly the flags of ``strata train``."""
+    return main(["train", *sys.argv[1:]])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,321 @@
+"""Every flag of ``strata train`` / ``train.py`` / ``strata eval``, as dataclasses.
+
+Flags are parsed with transformers' ``HfArgumentParser``; ``--config run.yaml`` (or ``.json``)
+supplies defaults that command-line flags override. An unknown key in a config file is an error.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from strata.errors import StrataError
+
+DEFAULT_DATASET = "strata/synthetic-strata"
+DEFAULT_MODEL = "strata-tiny"
+MODES = ("sft", "pretrain", "rl")
+
+
+@dataclass
+class DataArguments:
+    """Which data, how it is split, formatted, mixed, tokenized and packed."""
+
+    dataset: str = field(
+        default=DEFAULT_DATASET,
+        metadata={"help": "Dataset id or alias (see `strata datasets`), or a local jsonl/csv/parquet file or folder."},
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Dataset config, e.g. sst2 for glue."})
+    datasets: list[str] | None = field(
+        default=None, metadata={"help": "Several datasets to mix (with --mixture_rates); overrides --dataset."}
+    )
+    dataset_configs: list[str] | None = field(
+        default=None, metadata={"help": "One config per --datasets entry; write None for no config."}
+    )
+    mixture_rates: list[float] | None = field(
+        default=None, metadata={"help": "Sampling rate per --datasets entry; positive, summing to 1."}
+    )
+    train_split: str | None = field(
+        default=None, metadata={"help": "Training split in datasets' split syntax, e.g. 'train[:90%]', 'test[:10000]'."}
+    )
+    eval_split: str | None = field(
+        default=None, metadata={"help": "Evaluation split, e.g. 'validation' or 'train[90%:]'. Default: from the spec."}
+    )
+    text_column: str | None = field(default=None, metadata={"help": "Text column of a local dataset."})
+    label_column: str | None = field(default=None, metadata={"help": "Label column of a local dataset."})
+    label_names: list[str] | None = field(
+        default=None, metadata={"help": "Label words of a local dataset, in label-id order."}
+    )
+    prompt_template: str | None = field(
+        default=None, metadata={"help": "Prompt template with {text} (and {text2} for pairs) placeholders."}
+    )
+    task: str = field(
+        default="auto",
+        metadata={"help": "Task family: auto (from the spec), classification, multiple_choice, qa, math, code, "
+                  "instruction, pretrain."},
+    )
+    hub_mirror: str | None = field(
+        default=None, metadata={"help": "Local mirror folder in the hub's layout (default: $STRATA_HUB_MIRROR)."}
+    )
+    max_length: int = field(default=256, metadata={"help": "Maximum tokens per training row."})
+    max_train_examples: int | None = field(default=None, metadata={"help": "Cap the training examples."})
+    max_eval_examples: int | None = field(default=300, metadata={"help": "Cap the evaluation examples."})
+    use_packing: bool = field(
+        default=False, metadata={"help": "Pack several examples per row (position ids restart, no cross-attention)."}
+    )
+
+
+@dataclass
+class ModelArguments:
+    """Which model, how it is built and loaded, and what it computes in."""
+
+    model: str = field(
+        default=DEFAULT_MODEL,
+        metadata={"help": "Preset name (see `strata models`), local path, mirror id or hub id."},
+    )
+    init: str = field(
+        default="auto",
+        metadata={"help": "pretrained | scratch | auto (presets: scratch; otherwise pretrained)."},
+    )
+    tokenizer: str | None = field(default=None, metadata={"help": "Tokenizer path or id (default: the model's)."})
+    train_tokenizer: str | None = field(
+        default=None, metadata={"help": "Train a tokenizer on the training split, e.g. 'bpe:8192'."}
+    )
+    use_lora: bool = field(default=False, metadata={"help": "Train LoRA adapters (peft) instead of all weights."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=0.1, metadata={"help": "LoRA dropout."})
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["auto"], metadata={"help": "'auto' (all linear layers) or module names."}
+    )
+    merge_lora: bool = field(default=False, metadata={"help": "Also save the LoRA-merged model in merged/."})
+    attn_implementation: str = field(
+        default="auto", metadata={"help": "auto | eager | sdpa | flash_attention_2."}
+    )
+    use_flash_attention: bool = field(
+        default=False, metadata={"help": "Shorthand for --attn_implementation flash_attention_2."}
+    )
+    precision: str = field(
+        default="auto", metadata={"help": "auto | bf16 | fp16 | fp32 (auto: bf16 on capable CUDA or AMX CPUs)."}
+    )
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations to save memory."})
+    load_in_4bit: bool = field(default=False, metadata={"help": "Load weights in 4-bit (bitsandbytes, CUDA)."})
+    load_in_8bit: bool = field(default=False, metadata={"help": "Load weights in 8-bit (bitsandbytes, CUDA)."})
+    moe_load_in_4bit: bool = field(
+        default=False, metadata={"help": "4-bit loading for an MoE model, keeping routers in full precision."}
+    )
+    moe_load_in_8bit: bool = field(
+        default=False, metadata={"help": "8-bit loading for an MoE model, keeping routers in full precision."}
+    )
+    device: str = field(default="auto", metadata={"help": "auto | cuda | mps | cpu."})
+    stratified_type: str | None = field(
+        default=None,
+        metadata={"help": "For stratified presets: none | attention | routing | layers | moe."},
+    )
+    match_params: bool = field(
+        default=False,
+        metadata={"help": "Widen a dense stratified baseline's FFN to match the routing variant's parameters."},
+    )
+
+
+@dataclass
+class TrainArguments:
+    """How training runs, logs, evaluates and checkpoints."""
+
+    mode: str = field(default="sft", metadata={"help": "sft | pretrain | rl."})
+    output_dir: str | None = field(
+        default=None, metadata={"help": "Run folder (default: runs/<date>_<time>_<model>_<data>_<mode>_...)."}
+    )
+    runs_dir: str = field(default="runs", metadata={"help": "Parent folder of named run folders."})
+    seed: int = field(default=42, metadata={"help": "Seed for data order, initialisation and sampling."})
+    max_steps: int = field(default=300, metadata={"help": "Optimizer steps (-1: use --num_train_epochs)."})
+    num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs when --max_steps is -1."})
+    per_device_train_batch_size: int = field(default=16, metadata={"help": "Batch size per device."})
+    per_device_eval_batch_size: int = field(default=16, metadata={"help": "Evaluation batch size per device."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
+    learning_rate: float = field(default=1e-3, metadata={"help": "Peak learning rate (sft/pretrain)."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    warmup_steps: int = field(default=20, metadata={"help": "Linear warm-up steps."})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "transformers scheduler name."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm."})
+    dropout: float | None = field(default=None, metadata={"help": "Override the model's dropout (scratch models)."})
+    logging_steps: int | None = field(default=None, metadata={"help": "Log every N steps (default: --eval_steps)."})
+    eval_steps: int = field(default=100, metadata={"help": "Evaluate every N steps (0: only at the end)."})
+    eval_method: str = field(default="loglik", metadata={"help": "loglik (label likelihood) | generate."})
+    save_steps: int = field(default=0, metadata={"help": "Checkpoint every N steps (0: no checkpoints)."})
+    save_total_limit: int | None = field(default=2, metadata={"help": "Keep at most N checkpoints."})
+    resume_from_checkpoint: str | None = field(
+        default=None, metadata={"help": "'latest' or a checkpoint path: restores model, optimizer, RNG, data position."}
+    )
+    load_best_model_at_end: bool = field(default=False, metadata={"help": "Reload the best checkpoint at the end."})
+    metric_for_best_model: str | None = field(default=None, metadata={"help": "e.g. eval_accuracy or eval_loss."})
+    early_stopping_patience: int | None = field(
+        default=None, metadata={"help": "Stop after N evaluations without improvement."}
+    )
+    dataloader_num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes."})
+    # Reinforcement learning (GRPO through TRL).
+    reward_funcs: list[str] | None = field(
+        default=None, metadata={"help": "Comma or space separated reward names (default: by task family)."}
+    )
+    reward_weights: list[float] | None = field(default=None, metadata={"help": "One weight per reward."})
+    reward_model: str | None = field(default=None, metadata={"help": "Sequence-classification reward model."})
+    grpo_beta: float = field(default=0.1, metadata={"help": "KL coefficient."})
+    grpo_group_size: int = field(default=2, metadata={"help": "Generations per prompt."})
+    max_prompt_length: int = field(default=512, metadata={"help": "Prompt tokens kept for RL."})
+    max_completion_length: int = field(default=512, metadata={"help": "Generated tokens per completion in RL."})
+    rl_learning_rate: float = field(default=1e-6, metadata={"help": "Learning rate in RL mode."})
+    rl_warmup_steps: int = field(default=100, metadata={"help": "Warm-up steps in RL mode."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature for RL generations."})
+    code_execution: bool = field(
+        default=False, metadata={"help": "Let the code reward run completions in a sandboxed subprocess."}
+    )
+
+
+ALL_ARGUMENT_CLASSES = (DataArguments, ModelArguments, TrainArguments)
+
+
+@dataclass
+class RunConfig:
+    """All parsed arguments of one run."""
+
+    data: DataArguments
+    model: ModelArguments
+    train: TrainArguments
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self.data), **asdict(self.model), **asdict(self.train)}
+
+
+def _known_keys(classes: tuple[type, ...]) -> set[str]:
+    return {f.name for cls in classes for f in fields(cls)}
+
+
+def load_config_file(path: str, classes: tuple[type, ...] = ALL_ARGUMENT_CLASSES) -> dict[str, Any]:
+    """Read a YAML/JSON config file; unknown keys are an error, not silently dropped."""
+    file = Path(path)
+    if not file.is_file():
+        raise StrataError(f"config file {path} does not exist; pass an existing .yaml or .json file to --config")
+    text = file.read_text()
+    if file.suffix.lower() == ".json":
+        values = json.loads(text)
+    else:
+        import yaml
+
+        values = yaml.safe_load(text) or {}
+    if not isinstance(values, dict):
+        raise StrataError(f"config file {path} must hold a mapping of flag names to values")
+    unknown = sorted(set(values) - _known_keys(classes))
+    if unknown:
+        raise StrataError(
+            f"unknown key(s) in {path}: {', '.join(unknown)}; use the flag names of `strata train --help`"
+        )
+    return values
+
+
+def _split_config_flag(argv: list[str]) -> tuple[str | None, list[str]]:
+    """Pull ``--config FILE`` out of argv (the remaining flags override the file)."""
+    rest: list[str] = []
+    config_path = None
+    it = iter(range(len(argv)))
+    for i in it:
+        arg = argv[i]
+        if arg == "--config":
+            if i + 1 >= len(argv):
+                raise StrataError("--config needs a file path, e.g. --config run.yaml")
+            config_path = argv[i + 1]
+            next(it, None)
+        elif arg.startswith("--config="):
+            config_path = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+    return config_path, rest
+
+
+def _normalise_lists(values: dict[str, Any]) -> dict[str, Any]:
+    """Accept ``--reward_funcs a,b`` as well as ``a b``, and 'None' inside config lists."""
+    out = dict(values)
+    for key in ("reward_funcs", "lora_target_modules", "datasets", "label_names"):
+        if out.get(key):
+            items: list[str] = []
+            for item in out[key]:
+                items.extend(part for part in str(item).split(",") if part)
+            out[key] = items
+    if out.get("dataset_configs"):
+        out["dataset_configs"] = [None if str(c) in ("None", "none", "") else str(c) for c in out["dataset_configs"]]
+    return out
+
+
+def build_parser(classes: tuple[type, ...] = ALL_ARGUMENT_CLASSES, prog: str = "strata train"):
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(classes, prog=prog)
+    parser.add_argument("--config", default=None, help="YAML or JSON file of flag values (flags given here win).")
+    return parser
+
+
+def parse_run_config(argv: list[str] | None = None, prog: str = "strata train") -> RunConfig:
+    """Parse flags (and an optional --config file) into a validated ``RunConfig``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    config_path, rest = _split_config_flag(argv)
+    parser = build_parser(prog=prog)
+    if config_path is not None:
+        parser.set_defaults(**load_config_file(config_path))
+    outputs = parser.parse_args_into_dataclasses(args=rest, return_remaining_strings=True)
+    data, model, train, _extra = outputs[0], outputs[1], outputs[2], outputs[-1]
+    if _extra:
+        raise StrataError(f"unrecognised argument(s): {' '.join(_extra)}; see `{prog} --help`")
+    merged = _normalise_lists({**asdict(data), **asdict(model), **asdict(train)})
+    config = RunConfig(
+        data=DataArguments(**{f.name: merged[f.name] for f in fields(DataArguments)}),
+        model=ModelArguments(**{f.name: merged[f.name] for f in fields(ModelArguments)}),
+        train=TrainArguments(**{f.name: merged[f.name] for f in fields(TrainArguments)}),
+    )
+    validate(config)
+    return config
+
+
+def validate(config: RunConfig) -> None:
+    """Cheap checks that need no data or model, so bad flags fail before anything loads."""
+    t, m, d = config.train, config.model, config.data
+    if t.mode not in MODES:
+        raise StrataError(f"--mode {t.mode!r} is not one of {', '.join(MODES)}")
+    if m.init not in ("auto", "pretrained", "scratch"):
+        raise StrataError(f"--init {m.init!r} is not one of auto, pretrained, scratch")
+    if m.precision not in ("auto", "bf16", "fp16", "fp32"):
+        raise StrataError(f"--precision {m.precision!r} is not one of auto, bf16, fp16, fp32")
+    if m.attn_implementation not in ("auto", "eager", "sdpa", "flash_attention_2"):
+        raise StrataError(
+            f"--attn_implementation {m.attn_implementation!r} is not one of auto, eager, sdpa, flash_attention_2"
+        )
+    if m.use_flash_attention and m.attn_implementation not in ("auto", "flash_attention_2"):
+        raise StrataError("--use_flash_attention conflicts with --attn_implementation "
+                          f"{m.attn_implementation}; pass only one of them")
+    if m.device not in ("auto", "cuda", "mps", "cpu"):
+        raise StrataError(f"--device {m.device!r} is not one of auto, cuda, mps, cpu")
+    if sum([m.load_in_4bit, m.load_in_8bit, m.moe_load_in_4bit, m.moe_load_in_8bit]) > 1:
+        raise StrataError("choose at most one of --load_in_4bit, --load_in_8bit, --moe_load_in_4bit, --moe_load_in_8bit")
+    if t.eval_method not in ("loglik", "generate"):
+        raise StrataError(f"--eval_method {t.eval_method!r} is not one of loglik, generate")
+    if d.max_length < 8:
+        raise StrataError(f"--max_length {d.max_length} is too small; use at least 8")
+    if t.per_device_train_batch_size < 1 or t.gradient_accumulation_steps < 1:
+        raise StrataError("--per_device_train_batch_size and --gradient_accumulation_steps must be at least 1")
+    if t.max_steps == 0:
+        raise StrataError("--max_steps 0 trains nothing; pass a positive number, or -1 to use --num_train_epochs")
+    if m.merge_lora and not m.use_lora:
+        raise StrataError("--merge_lora needs --use_lora")
+    if t.load_best_model_at_end and not t.save_steps:
+        raise StrataError("--load_best_model_at_end needs checkpoints: pass --save_steps (a multiple of --eval_steps)")
+    if t.early_stopping_patience is not None and not t.eval_steps:
+        raise StrataError("--early_stopping_patience needs periodic evaluation: pass --eval_steps N")
+    if d.datasets is not None:
+        from strata.data.mixture import validate_mixture
+
+        configs = d.dataset_configs if d.dataset_configs is not None else [None] * len(d.datasets)
+        if d.mixture_rates is None:
+            raise StrataError("--datasets needs --mixture_rates, one positive rate per dataset, summing to 1")
+        validate_mixture(d.datasets, configs, d.mixture_rates)
+    elif d.mixture_rates is not None or d.dataset_configs is not None:
+        raise StrataError("--mixture_rates/--dataset_configs need --datasets (use --dataset_config for one dataset)")

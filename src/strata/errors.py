@@ -1,0 +1,9 @@
+"""One exception type for problems the user can fix.
+
+The CLI prints a ``StrataError`` as one line (no traceback) and exits non-zero; anything
+else is a bug and keeps its traceback.
+"""
+
+
+class StrataError(Exception):
+    """A user-facing error: the message names the problem and the fix in one line."""

@@ -1,0 +1,411 @@
+"""Multiple-choice scoring by log-likelihood, the way lm-evaluation-harness does it.
+
+Each choice is scored as the summed log-probability of its tokens given the prompt. Prompt and
+choice are tokenized separately and concatenated, exactly like training builds its rows, so the
+scores measure the same distribution the model was trained on. Scoring never generates: it is
+one teacher-forced forward for all choices of a group of examples.
+
+The small helpers at the top (eval mode, device, padding, truncation) are shared by the other
+evaluation modules.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from strata.errors import StrataError
+
+__all__ = ["ChoiceScores", "label_loglikelihoods", "score_choices"]
+
+
+# --------------------------------------------------------------------------- shared helpers
+def model_device(model: Any) -> torch.device:
+    """The device inputs must go to (the first parameter's, for models without ``.device``)."""
+    device = getattr(model, "device", None)
+    if isinstance(device, torch.device):
+        return device
+    for param in model.parameters():
+        return param.device
+    return torch.device("cpu")
+
+
+def is_encoder_decoder(model: Any) -> bool:
+    """Whether the prompt is the encoder input and the completion the decoder target."""
+    return bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
+
+
+@contextlib.contextmanager
+def eval_context(model: Any) -> Iterator[None]:
+    """Eval mode, no grad, no ambient autocast; restores training mode (the trainer calls us mid-run)."""
+    was_training = bool(getattr(model, "training", False))
+    model.eval()
+    device = model_device(model)
+    try:
+        autocast_off: contextlib.AbstractContextManager = torch.autocast(
+            device_type=device.type, enabled=False
+        )
+    except (RuntimeError, ValueError):  # device types without autocast support
+        autocast_off = contextlib.nullcontext()
+    try:
+        with torch.no_grad(), autocast_off:
+            yield
+    finally:
+        if was_training:
+            model.train()
+
+
+def forward_accepts(model: Any, name: str, strict: bool = False) -> bool:
+    """Whether ``model.forward`` takes keyword ``name``; unless ``strict``, ``**kwargs`` counts (PEFT
+    wrappers forward them), so only pass non-strict names every causal LM understands."""
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+    if name in params:
+        return True
+    return not strict and any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def _first_id(value: Any) -> int | None:
+    if isinstance(value, (list, tuple)):
+        return int(value[0]) if value else None
+    return None if value is None else int(value)
+
+
+def pad_id(tokenizer: Any, model: Any | None = None) -> int:
+    """A padding id that never changes results (padded positions are masked); pad, else eos, else 0."""
+    for candidate in (
+        getattr(tokenizer, "pad_token_id", None),
+        getattr(getattr(model, "config", None), "pad_token_id", None),
+        getattr(tokenizer, "eos_token_id", None),
+    ):
+        found = _first_id(candidate)
+        if found is not None:
+            return found
+    return 0
+
+
+def eos_ids(tokenizer: Any, model: Any | None = None) -> set[int]:
+    """Every id that ends a generation: the tokenizer's eos and the model's generation eos ids."""
+    found: set[int] = set()
+    sources = [getattr(tokenizer, "eos_token_id", None)]
+    if model is not None:
+        sources.append(getattr(getattr(model, "generation_config", None), "eos_token_id", None))
+        sources.append(getattr(getattr(model, "config", None), "eos_token_id", None))
+    for value in sources:
+        if isinstance(value, (list, tuple)):
+            found.update(int(v) for v in value)
+        elif value is not None:
+            found.add(int(value))
+    return found
+
+
+def decoder_start_id(model: Any) -> int:
+    """The encoder-decoder decoder start token, resolved as ``generate`` does (T5 falls back to pad)."""
+    gen = getattr(model, "generation_config", None)
+    cfg = getattr(model, "config", None)
+    for source, name in (
+        (gen, "decoder_start_token_id"),
+        (cfg, "decoder_start_token_id"),
+        (gen, "bos_token_id"),
+        (cfg, "bos_token_id"),
+        (cfg, "pad_token_id"),
+    ):
+        found = _first_id(getattr(source, name, None))
+        if found is not None:
+            return found
+    raise StrataError("the encoder-decoder model has no decoder_start_token_id; set it in its config")
+
+
+def empty_context_ids(tokenizer: Any, model: Any | None = None) -> list[int]:
+    """What an empty prompt becomes so the first target token has a context (harness uses eos)."""
+    for candidate in (getattr(tokenizer, "bos_token_id", None), getattr(tokenizer, "eos_token_id", None)):
+        found = _first_id(candidate)
+        if found is not None:
+            return [found]
+    found = _first_id(getattr(getattr(model, "config", None), "bos_token_id", None))
+    if found is not None:
+        return [found]
+    raise StrataError("an empty prompt needs a bos or eos token to condition on; give the tokenizer one")
+
+
+def special_prefix_len(tokenizer: Any) -> int:
+    """How many special tokens the tokenizer puts before the text (Llama's BOS: 1, GPT-2: 0)."""
+    with_special = list(tokenizer("a")["input_ids"])
+    without = list(tokenizer("a", add_special_tokens=False)["input_ids"])
+    if not without:
+        return 0
+    for start in range(len(with_special) - len(without) + 1):
+        if with_special[start : start + len(without)] == without:
+            return start
+    return 0
+
+
+def truncate_left(ids: list[int], budget: int, keep_prefix: int = 0) -> list[int]:
+    """Keep the right end of ``ids`` within ``budget`` tokens, keeping ``keep_prefix`` leading specials."""
+    if len(ids) <= budget:
+        return list(ids)
+    if budget <= 0:
+        return []
+    if budget <= keep_prefix:
+        return list(ids[len(ids) - budget :])
+    return list(ids[:keep_prefix]) + list(ids[len(ids) - (budget - keep_prefix) :])
+
+
+def pad_batch(
+    rows: Sequence[Sequence[int]], pad_value: int, side: str = "right"
+) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Pad to a rectangle; returns ids, attention mask and each row's offset (left padding shifts)."""
+    width = max(len(row) for row in rows)
+    ids = torch.full((len(rows), width), pad_value, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    offsets = []
+    for i, row in enumerate(rows):
+        offset = width - len(row) if side == "left" else 0
+        if row:
+            ids[i, offset : offset + len(row)] = torch.tensor(list(row), dtype=torch.long)
+            mask[i, offset : offset + len(row)] = 1
+        offsets.append(offset)
+    return ids, mask, offsets
+
+
+def position_ids_from_mask(mask: torch.Tensor) -> torch.Tensor:
+    """Positions counting only real tokens, so left padding does not shift absolute positions."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+# --------------------------------------------------------------------------- scoring
+@dataclass
+class ChoiceScores:
+    """Per (example, choice) log-likelihoods plus what the harness' normalised variants need."""
+
+    loglik: torch.Tensor  # [N, C] summed log-probability of the choice tokens
+    num_tokens: torch.Tensor  # [N, C] number of scored tokens
+    num_chars: torch.Tensor  # [N, C] characters in the choice text (harness acc_norm uses bytes)
+    is_greedy: torch.Tensor  # [N, C] whether every choice token is the argmax
+
+    @property
+    def per_token(self) -> torch.Tensor:
+        """Mean log-probability per token (length-normalised)."""
+        return self.loglik / self.num_tokens.clamp(min=1)
+
+    @property
+    def per_char(self) -> torch.Tensor:
+        """Log-probability per character, lm-evaluation-harness's ``acc_norm`` criterion."""
+        return self.loglik / self.num_chars.clamp(min=1)
+
+
+def _choices_per_example(
+    prompts: Sequence[str], choices: Sequence[str] | Sequence[Sequence[str]]
+) -> list[list[str]]:
+    if not choices:
+        raise StrataError("no choices to score; pass at least one choice continuation")
+    if isinstance(choices[0], str):
+        shared = [str(c) for c in choices]
+        return [shared for _ in prompts]
+    per_example = [[str(c) for c in row] for row in choices]
+    if len(per_example) != len(prompts):
+        raise StrataError(
+            f"got {len(per_example)} choice lists for {len(prompts)} prompts; pass one per prompt"
+        )
+    widths = {len(row) for row in per_example}
+    if len(widths) != 1 or 0 in widths:
+        raise StrataError("every example needs the same, non-zero number of choices")
+    return per_example
+
+
+def score_choices(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    choices: Sequence[str] | Sequence[Sequence[str]],
+    batch_size: int = 8,
+    max_length: int | None = None,
+) -> ChoiceScores:
+    """Score every choice continuation of every prompt; see :func:`label_loglikelihoods`.
+
+    ``choices`` is either one list shared by all prompts (label continuations such as
+    ``[" negative", " positive"]``, used verbatim) or one list per prompt. ``batch_size`` counts
+    examples: each forward holds ``batch_size * C`` rows, all choices of an example together.
+    """
+    prompts = [str(p) for p in prompts]
+    if not prompts:
+        width = len(choices) if choices and isinstance(choices[0], str) else 0
+        empty = torch.zeros((0, width))
+        return ChoiceScores(empty, empty.long(), empty.long(), empty.bool())
+    per_example = _choices_per_example(prompts, choices)
+    n, c = len(prompts), len(per_example[0])
+    if batch_size < 1:
+        raise StrataError(f"batch_size must be at least 1, got {batch_size}")
+
+    prompt_ids = [list(ids) for ids in tokenizer(prompts)["input_ids"]]
+    unique_choices = sorted({ch for row in per_example for ch in row})
+    choice_tok = dict(
+        zip(
+            unique_choices,
+            (list(ids) for ids in tokenizer(unique_choices, add_special_tokens=False)["input_ids"]),
+        )
+    )
+    for text, ids in choice_tok.items():
+        if not ids:
+            raise StrataError(f"choice {text!r} tokenizes to no tokens; use a non-empty continuation")
+        if max_length is not None and len(ids) > max_length:
+            raise StrataError(
+                f"choice {text!r} has {len(ids)} tokens > max_length={max_length}; raise max_length"
+            )
+
+    loglik = torch.zeros((n, c), dtype=torch.float64)
+    num_tokens = torch.zeros((n, c), dtype=torch.long)
+    greedy = torch.zeros((n, c), dtype=torch.bool)
+    num_chars = torch.tensor([[len(ch) for ch in row] for row in per_example], dtype=torch.long)
+    enc_dec = is_encoder_decoder(model)
+    keep_prefix = special_prefix_len(tokenizer)
+    pad = pad_id(tokenizer, model)
+    side = "right" if enc_dec else getattr(tokenizer, "padding_side", "right")
+    device = model_device(model)
+
+    with eval_context(model):
+        for start in range(0, n, batch_size):
+            examples = range(start, min(n, start + batch_size))
+            conts = [choice_tok[ch] for i in examples for ch in per_example[i]]
+            ctxs = [prompt_ids[i] for i in examples for _ in range(c)]
+            if enc_dec:
+                sums, counts, all_greedy = _score_encoder_decoder(
+                    model, tokenizer, ctxs, conts, max_length, keep_prefix, pad, device
+                )
+            else:
+                sums, counts, all_greedy = _score_decoder_only(
+                    model, tokenizer, ctxs, conts, max_length, keep_prefix, pad, side, device
+                )
+            rows = len(examples)
+            loglik[start : start + rows] = sums.view(rows, c)
+            num_tokens[start : start + rows] = counts.view(rows, c)
+            greedy[start : start + rows] = all_greedy.view(rows, c)
+    return ChoiceScores(loglik.float(), num_tokens, num_chars, greedy)
+
+
+def _gather_scores(
+    logits: torch.Tensor, row_idx: list[int], pos_idx: list[int], targets: list[int], n_rows: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sum log-softmax at the scored positions per row (float32 softmax whatever the model dtype)."""
+    device = logits.device
+    rows = torch.tensor(row_idx, device=device)
+    picked = logits[rows, torch.tensor(pos_idx, device=device)].float()
+    tgt = torch.tensor(targets, device=device)
+    token_lp = F.log_softmax(picked, dim=-1).gather(-1, tgt[:, None]).squeeze(-1)
+    hit = (picked.argmax(-1) == tgt).long()
+    sums = torch.zeros(n_rows, dtype=torch.float64, device=device).index_add_(0, rows, token_lp.double())
+    counts = torch.zeros(n_rows, dtype=torch.long, device=device).index_add_(0, rows, torch.ones_like(rows))
+    hits = torch.zeros(n_rows, dtype=torch.long, device=device).index_add_(0, rows, hit)
+    return sums.cpu(), counts.cpu(), (hits == counts).cpu()
+
+
+def _score_decoder_only(
+    model: Any,
+    tokenizer: Any,
+    ctxs: list[list[int]],
+    conts: list[list[int]],
+    max_length: int | None,
+    keep_prefix: int,
+    pad: int,
+    side: str,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One forward over ``context + continuation[:-1]`` rows; the last token is never fed."""
+    inputs: list[list[int]] = []
+    ctx_lens: list[int] = []
+    for ctx, cont in zip(ctxs, conts):
+        ctx = ctx or empty_context_ids(tokenizer, model)
+        if max_length is not None:
+            ctx = truncate_left(ctx, max_length - len(cont) + 1, keep_prefix)
+        inputs.append(ctx + cont[:-1])
+        ctx_lens.append(len(ctx))
+    ids, mask, offsets = pad_batch(inputs, pad, side)
+    kwargs: dict[str, Any] = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+    if forward_accepts(model, "position_ids"):
+        kwargs["position_ids"] = position_ids_from_mask(mask).to(device)
+    if forward_accepts(model, "use_cache"):
+        kwargs["use_cache"] = False
+    row_idx, pos_idx, targets = [], [], []
+    for r, (cont, ctx_len, offset) in enumerate(zip(conts, ctx_lens, offsets)):
+        for j, token in enumerate(cont):
+            row_idx.append(r)
+            pos_idx.append(offset + ctx_len - 1 + j)  # the position whose next-token logits predict cont[j]
+            targets.append(token)
+    first = min(pos_idx)
+    if first > 0 and forward_accepts(model, "logits_to_keep", strict=True):
+        # only the positions from the first scored one on need logits: [B, T - first, V], not [B, T, V]
+        kwargs["logits_to_keep"] = ids.shape[1] - first
+        pos_idx = [p - first for p in pos_idx]
+    logits = model(**kwargs).logits
+    return _gather_scores(logits, row_idx, pos_idx, targets, len(inputs))
+
+
+def _score_encoder_decoder(
+    model: Any,
+    tokenizer: Any,
+    ctxs: list[list[int]],
+    conts: list[list[int]],
+    max_length: int | None,
+    keep_prefix: int,
+    pad: int,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Prompt into the encoder, ``[start] + choice[:-1]`` into the decoder; both right-padded.
+
+    Right padding always: BART's learned positions would shift under left padding.
+    """
+    enc_rows = []
+    for ctx in ctxs:
+        ctx = ctx or empty_context_ids(tokenizer, model)
+        if max_length is not None:
+            ctx = truncate_left(ctx, max_length, keep_prefix)
+        enc_rows.append(ctx)
+    start = decoder_start_id(model)
+    dec_rows = [[start] + cont[:-1] for cont in conts]
+    enc_ids, enc_mask, _ = pad_batch(enc_rows, pad, "right")
+    dec_ids, dec_mask, _ = pad_batch(dec_rows, pad, "right")
+    kwargs: dict[str, Any] = {
+        "input_ids": enc_ids.to(device),
+        "attention_mask": enc_mask.to(device),
+        "decoder_input_ids": dec_ids.to(device),
+        "decoder_attention_mask": dec_mask.to(device),
+    }
+    if forward_accepts(model, "use_cache"):
+        kwargs["use_cache"] = False
+    logits = model(**kwargs).logits
+    row_idx, pos_idx, targets = [], [], []
+    for r, cont in enumerate(conts):
+        for j, token in enumerate(cont):
+            row_idx.append(r)
+            pos_idx.append(j)
+            targets.append(token)
+    return _gather_scores(logits, row_idx, pos_idx, targets, len(conts))
+
+
+def label_loglikelihoods(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[str],
+    choices: list[str],
+    batch_size: int = 8,
+    max_length: int | None = None,
+) -> torch.Tensor:
+    """Summed log-probability of each choice's tokens given each prompt, shape ``[N, C]`` (float32, CPU).
+
+    Choices are continuation texts used verbatim (for label words pass ``" " + word``). Prompt
+    and choice are tokenized separately and concatenated, as in training. When ``prompt +
+    choice`` exceeds ``max_length`` tokens, the prompt keeps its right end (and a leading BOS).
+    Works for decoder-only (right or left padding) and encoder-decoder models. For
+    length-normalised scores use :func:`score_choices` (``.per_token``, ``.per_char``).
+    """
+    return score_choices(
+        model, tokenizer, prompts, choices, batch_size=batch_size, max_length=max_length
+    ).loglik

@@ -1,0 +1,473 @@
+"""Build or load a model and its tokenizer: presets, local/mirror/hub ids, scratch or pretrained.
+
+Everything that can be decided from the config (architecture kind, MoE, parameter count,
+device, precision, attention, quantization) is decided and checked *before* any weights load,
+so impossible combinations fail in a second with one clear line.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    ByT5Tokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from strata.config import ModelArguments
+from strata.errors import StrataError
+from strata.hub import resolve_model_path
+from strata.models.presets import Preset, get_preset
+from strata.models.registration import register_strata_models
+
+logger = logging.getLogger(__name__)
+
+ENCODER_ONLY_TYPES = {
+    "bert", "roberta", "deberta", "deberta-v2", "distilbert", "albert", "electra", "xlm-roberta",
+    "camembert", "mpnet", "modernbert", "ernie", "megatron-bert",
+}
+MOE_CONFIG_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
+BYTES_PER_PARAM = {"fp32": 4.0, "bf16": 2.0, "8-bit": 1.0, "4-bit": 0.5}
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json", "adapter_model.safetensors")
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for training, with everything we decided about it (logged to TensorBoard)."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    kind: str  # "causal" | "seq2seq"
+    source: str  # "preset:<name>", "local:<path>", "mirror:<path>", "hub:<id>"
+    init: str  # "scratch" | "pretrained"
+    device: str
+    precision: str
+    attn_requested: str
+    attn_implementation: str
+    is_moe: bool
+    total_params: int
+    trainable_params: int
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def trainable_percent(self) -> float:
+        return 100.0 * self.trainable_params / max(1, self.total_params)
+
+
+# ---------------------------------------------------------------------------- device and precision
+def resolve_device(requested: str) -> str:
+    """auto picks cuda, then mps, then cpu; an explicitly requested unavailable device is an error."""
+    has_cuda = torch.cuda.is_available()
+    has_mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+    if requested == "auto":
+        return "cuda" if has_cuda else "mps" if has_mps else "cpu"
+    if requested == "cuda" and not has_cuda:
+        raise StrataError("--device cuda was requested but no CUDA GPU is visible; use --device cpu (or auto)")
+    if requested == "mps" and not has_mps:
+        raise StrataError("--device mps was requested but Apple MPS is not available; use --device cpu (or auto)")
+    return requested
+
+
+def cpu_supports_bf16() -> bool:
+    """True on CPUs with AMX or AVX512-BF16, where bf16 autocast is faster than fp32."""
+    try:
+        if torch.ops.mkldnn._is_mkldnn_bf16_supported():  # oneDNN's own check of the ISA
+            return True
+    except (AttributeError, RuntimeError):
+        pass
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(flag in flags for flag in ("amx_bf16", "avx512_bf16"))
+
+
+def resolve_precision(requested: str, device: str) -> str:
+    if requested == "auto":
+        if device == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        if device == "cpu":
+            return "bf16" if cpu_supports_bf16() else "fp32"
+        return "fp32"
+    if requested == "fp16" and device != "cuda":
+        raise StrataError(f"--precision fp16 needs CUDA (device is {device}); use --precision bf16 or fp32")
+    if requested == "bf16" and device == "cuda" and not torch.cuda.is_bf16_supported():
+        raise StrataError("this GPU does not support bf16; use --precision fp16 or fp32")
+    return requested
+
+
+def resolve_attention(args: ModelArguments, device: str) -> str:
+    """The attention implementation to *request*; the model reports what it actually uses."""
+    requested = "flash_attention_2" if args.use_flash_attention else args.attn_implementation
+    has_flash = _flash_attn_installed()
+    if requested == "flash_attention_2":
+        if device != "cuda":
+            raise StrataError(f"flash_attention_2 needs a CUDA GPU (device is {device}); "
+                              "use --attn_implementation sdpa")
+        if not has_flash:
+            raise StrataError("flash_attention_2 needs the flash-attn package; pip install flash-attn "
+                              "or use --attn_implementation sdpa")
+        return requested
+    if requested == "auto":
+        if device == "cuda" and has_flash:
+            return "flash_attention_2"
+        return "eager" if device == "mps" else "sdpa"
+    return requested
+
+
+def _flash_attn_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("flash_attn") is not None
+
+
+# ---------------------------------------------------------------------------- configs
+def architecture_kind(config: PretrainedConfig) -> str:
+    """causal or seq2seq; encoder-only models are refused with the reason."""
+    if getattr(config, "is_encoder_decoder", False):
+        return "seq2seq"
+    if config.model_type in ENCODER_ONLY_TYPES and not getattr(config, "is_decoder", False):
+        raise StrataError(
+            f"{config.model_type} is an encoder-only model: Strata solves every task as text generation "
+            "(label words scored as completions), which needs a decoder; use a decoder-only model "
+            "(gpt2, llama, qwen3) or an encoder-decoder (t5, bart)"
+        )
+    return "causal"
+
+
+def is_moe(config: PretrainedConfig) -> bool:
+    return any((getattr(config, key, None) or 0) > 1 for key in MOE_CONFIG_KEYS)
+
+
+def _auto_class(kind: str):
+    return AutoModelForSeq2SeqLM if kind == "seq2seq" else AutoModelForCausalLM
+
+
+def count_parameters_from_config(config: PretrainedConfig, kind: str) -> int | None:
+    """Exact parameter count without allocating weights (built on the meta device)."""
+    try:
+        with torch.device("meta"):
+            model = _auto_class(kind).from_config(config)
+        return sum(p.numel() for p in model.parameters())
+    except Exception as error:  # noqa: BLE001 - an estimate must never stop a run
+        logger.debug("parameter count from config failed: %s", error)
+        return None
+
+
+def memory_estimate(num_params: int) -> dict[str, float]:
+    """Weight memory in GiB per storage format (training adds optimizer state and activations)."""
+    return {fmt: num_params * nbytes / 2**30 for fmt, nbytes in BYTES_PER_PARAM.items()}
+
+
+def describe_size(num_params: int | None) -> str:
+    if num_params is None:
+        return "parameters: unknown"
+    mem = ", ".join(f"{fmt} {gib:.3f} GiB" for fmt, gib in memory_estimate(num_params).items())
+    return f"parameters: {num_params:,} ({num_params / 1e6:.2f}M); weights: {mem}"
+
+
+# ---------------------------------------------------------------------------- tokenizers
+def byte_tokenizer() -> PreTrainedTokenizerBase:
+    """ByT5's byte-level tokenizer needs no files: the offline default."""
+    return ByT5Tokenizer()
+
+
+def _has_tokenizer_files(path: Path) -> bool:
+    names = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "spiece.model", "tokenizer.model")
+    return path.is_dir() and any((path / name).exists() for name in names)
+
+
+def load_tokenizer(args: ModelArguments, model_path: str | None, preset: Preset | None,
+                   mirror: str | None) -> tuple[PreTrainedTokenizerBase, str]:
+    """Return the tokenizer and where it came from (--tokenizer, the model's files, a preset, bytes)."""
+    if args.tokenizer:
+        if args.tokenizer == "byte":
+            return byte_tokenizer(), "byte-level (ByT5)"
+        path = resolve_model_path(args.tokenizer, mirror)
+        return _finish_tokenizer(AutoTokenizer.from_pretrained(path)), f"--tokenizer {path}"
+    if model_path is not None and _has_tokenizer_files(Path(model_path)):
+        return _finish_tokenizer(AutoTokenizer.from_pretrained(model_path)), f"model files {model_path}"
+    if preset is not None and preset.tokenizer != "byte":
+        try:
+            path = resolve_model_path(preset.tokenizer, mirror)
+            if Path(path).is_dir():
+                return _finish_tokenizer(AutoTokenizer.from_pretrained(path)), f"{preset.tokenizer} from {path}"
+        except StrataError as error:
+            logger.warning("preset %s prefers the %s tokenizer, which is not available (%s); using bytes",
+                           preset.name, preset.tokenizer, error)
+    return byte_tokenizer(), "byte-level (ByT5)"
+
+
+def _finish_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """Give tokenizers without a pad token (GPT-2) one; collators mask labels by attention, not id."""
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise StrataError("the tokenizer has neither a pad nor an eos token; pass a --tokenizer that has one")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def train_bpe_tokenizer(spec: str, texts: list[str], out_dir: Path) -> PreTrainedTokenizerBase:
+    """``--train_tokenizer bpe:8192``: a byte-level BPE tokenizer trained on the training split."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    kind, _, size = spec.partition(":")
+    if kind != "bpe" or not size.isdigit() or int(size) < 300:
+        raise StrataError(f"--train_tokenizer {spec!r} is not understood; use bpe:<vocab size>, e.g. bpe:8192")
+    specials = ["<pad>", "</s>", "<unk>"]
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=int(size), special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>",
+                                   unk_token="<unk>")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fast.save_pretrained(out_dir)
+    return fast
+
+
+# ---------------------------------------------------------------------------- models
+@dataclass
+class ModelPlan:
+    """What will be built, decided from flags and config alone (no weights touched)."""
+
+    config: PretrainedConfig
+    kind: str
+    source: str
+    init: str
+    model_path: str | None
+    preset: Preset | None
+    is_moe: bool
+    num_params: int | None
+
+
+def resolve_model_source(args: ModelArguments, mirror: str | None) -> tuple[Preset | None, str | None, str]:
+    """(preset, model path or hub id, init) for --model and --init."""
+    register_strata_models()
+    preset = get_preset(args.model)
+    if preset is not None:
+        if args.init == "pretrained":
+            raise StrataError(f"{args.model} is a preset (a config, no weights); drop --init pretrained "
+                              "or pass a model path/id with weights")
+        return preset, None, "scratch"
+    path = resolve_model_path(args.model, mirror)
+    init = "pretrained" if args.init == "auto" else args.init
+    return None, path, init
+
+
+def plan_model(args: ModelArguments, vocab_size: int, tokenizer: PreTrainedTokenizerBase,
+               mirror: str | None, dropout: float | None = None) -> ModelPlan:
+    preset, path, init = resolve_model_source(args, mirror)
+    special = {k: v for k, v in dict(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                                     bos_token_id=tokenizer.bos_token_id).items() if v is not None}
+    if preset is not None:
+        overrides: dict[str, Any] = {}
+        if args.stratified_type is not None:
+            if not preset.name.startswith("stratified"):
+                raise StrataError("--stratified_type applies to stratified-* presets; see `strata models`")
+            overrides["stratified_type"] = args.stratified_type
+        config = preset.make_config(vocab_size, **overrides)
+        for key, value in special.items():
+            setattr(config, key, value)
+        if config.is_encoder_decoder and getattr(config, "decoder_start_token_id", None) is None:
+            config.decoder_start_token_id = tokenizer.pad_token_id
+        source = f"preset:{preset.name}"
+    else:
+        assert path is not None
+        config = AutoConfig.from_pretrained(path)
+        source = f"{'local' if Path(path).is_dir() else 'hub'}:{path}"
+        if init == "scratch" and getattr(config, "vocab_size", vocab_size) < vocab_size:
+            config.vocab_size = vocab_size
+    if args.match_params:
+        config = _match_params(config)
+    if dropout is not None:
+        _set_dropout(config, dropout)
+    kind = architecture_kind(config)
+    moe = is_moe(config)
+    if init == "pretrained" and path is not None and Path(path).is_dir():
+        if not any((Path(path) / name).exists() for name in WEIGHT_FILES):
+            raise StrataError(f"{path} has a config but no weights (offline, nothing to load); "
+                              "build the model from its config with --init scratch")
+    return ModelPlan(config=config, kind=kind, source=source, init=init, model_path=path, preset=preset,
+                     is_moe=moe, num_params=count_parameters_from_config(config, kind))
+
+
+def _match_params(config: PretrainedConfig) -> PretrainedConfig:
+    if config.model_type != "stratified":
+        raise StrataError("--match_params applies to stratified models (it widens the dense baseline)")
+    from strata.models.stratified import match_params
+
+    routed = type(config)(**{**config.to_dict(), "stratified_type": "routing"})
+    target = count_parameters_from_config(routed, "causal")
+    return match_params(config, target) if target else config
+
+
+def _set_dropout(config: PretrainedConfig, dropout: float) -> None:
+    for key in ("dropout", "attention_dropout", "hidden_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop",
+                "dropout_rate", "attention_probs_dropout_prob", "hidden_dropout_prob"):
+        if hasattr(config, key):
+            setattr(config, key, dropout)
+
+
+def check_quantization(args: ModelArguments, plan: ModelPlan, device: str):
+    """Return a BitsAndBytesConfig, or None; refuse impossible requests before loading."""
+    want4 = args.load_in_4bit or args.moe_load_in_4bit
+    want8 = args.load_in_8bit or args.moe_load_in_8bit
+    if not (want4 or want8):
+        return None
+    flag = next(name for name in ("load_in_4bit", "load_in_8bit", "moe_load_in_4bit", "moe_load_in_8bit")
+                if getattr(args, name))
+    if device != "cuda":
+        raise StrataError(f"--{flag} needs a CUDA GPU (bitsandbytes); device is {device}: drop the flag")
+    if (args.moe_load_in_4bit or args.moe_load_in_8bit) and not plan.is_moe:
+        raise StrataError(f"--{flag} is for MoE models and {plan.source} has no experts; use --load_in_4bit/8bit")
+    if plan.init != "pretrained":
+        raise StrataError(f"--{flag} quantizes pretrained weights; a scratch model has none to quantize")
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise StrataError(f"--{flag} needs bitsandbytes: pip install bitsandbytes (or pip install 'strata[quant]')")
+    from transformers import BitsAndBytesConfig
+
+    # MoE: keep routers (gates) in full precision; quantized routing decisions are unstable.
+    skip = ["gate", "router", "lm_head"] if plan.is_moe else None
+    if want4:
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.bfloat16,
+                                  bnb_4bit_quant_type="nf4", llm_int8_skip_modules=skip)
+    return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
+
+
+def instantiate(plan: ModelPlan, attn: str, quantization=None, auto_attention: bool = True) -> PreTrainedModel:
+    """Build (scratch) or load (pretrained) the model; fall back from sdpa to eager only under auto."""
+    auto_class = _auto_class(plan.kind)
+
+    def build(implementation: str | None) -> PreTrainedModel:
+        kwargs: dict[str, Any] = {}
+        if implementation is not None:
+            kwargs["attn_implementation"] = implementation
+        if plan.init == "scratch":
+            return auto_class.from_config(plan.config, **kwargs)
+        if quantization is not None:
+            kwargs["quantization_config"] = quantization
+        try:
+            return auto_class.from_pretrained(plan.model_path, config=plan.config, **kwargs)
+        except OSError as error:
+            raise StrataError(f"could not load weights of {plan.model_path} ({str(error).splitlines()[0]}); "
+                              "offline without weights, use --init scratch") from error
+
+    try:
+        return build(attn)
+    except (ValueError, ImportError) as error:
+        if not auto_attention:
+            raise StrataError(f"{plan.config.model_type} cannot use attn_implementation={attn}: "
+                              f"{str(error).splitlines()[0]}") from error
+        logger.warning("attention %s unavailable for %s (%s); falling back to eager", attn,
+                       plan.config.model_type, str(error).splitlines()[0])
+        return build("eager")
+
+
+def actual_attention(model: PreTrainedModel) -> str:
+    impl = getattr(model.config, "_attn_implementation", None)
+    return str(impl) if impl else "none"
+
+
+def apply_lora(model: PreTrainedModel, args: ModelArguments, kind: str) -> PreTrainedModel:
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    targets: str | list[str] = "all-linear" if args.lora_target_modules in (["auto"], ["all-linear"]) \
+        else list(args.lora_target_modules)
+    config = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+                        target_modules=targets,
+                        task_type=TaskType.SEQ_2_SEQ_LM if kind == "seq2seq" else TaskType.CAUSAL_LM)
+    try:
+        return get_peft_model(model, config)
+    except ValueError as error:
+        raise StrataError(f"LoRA could not attach to {model.config.model_type}: {str(error).splitlines()[0]}; "
+                          "name modules with --lora_target_modules") from error
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return total, trainable
+
+
+def load_for_training(args: ModelArguments, mirror: str | None, *, train_texts: list[str] | None = None,
+                      tokenizer_dir: Path | None = None, dropout: float | None = None,
+                      seed: int = 0, log=print) -> LoadedModel:
+    """The whole model path of ``strata train``: decide, check, report, then build."""
+    device = resolve_device(args.device)
+    precision = resolve_precision(args.precision, device)
+    attn = resolve_attention(args, device)
+    preset, path, _init = resolve_model_source(args, mirror)
+    if args.train_tokenizer:
+        if not train_texts or tokenizer_dir is None:
+            raise StrataError("--train_tokenizer needs training text; it is trained on the training split")
+        tokenizer, tok_source = train_bpe_tokenizer(args.train_tokenizer, train_texts, tokenizer_dir), \
+            f"trained {args.train_tokenizer} on the training split"
+    else:
+        tokenizer, tok_source = load_tokenizer(args, path, preset, mirror)
+    plan = plan_model(args, len(tokenizer), tokenizer, mirror, dropout=dropout)
+    quantization = check_quantization(args, plan, device)
+    log(f"model {plan.source} ({plan.kind}, init {plan.init}{', MoE' if plan.is_moe else ''}); "
+        f"{describe_size(plan.num_params)}")
+    torch.manual_seed(seed)
+    model = instantiate(plan, attn, quantization, auto_attention=args.attn_implementation == "auto"
+                        and not args.use_flash_attention)
+    notes = [f"tokenizer: {tok_source}"]
+    if plan.is_moe and hasattr(model.config, "output_router_logits"):
+        # MoE: the router auxiliary (load-balancing) loss is only added when router logits are returned.
+        model.config.output_router_logits = True
+        notes.append(f"MoE router aux loss on (coef {getattr(model.config, 'router_aux_loss_coef', '?')})")
+    if args.gradient_checkpointing:
+        if not model.supports_gradient_checkpointing:
+            raise StrataError(f"{model.config.model_type} does not support gradient checkpointing; drop the flag")
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if args.use_lora:
+        model = apply_lora(model, args, plan.kind)
+    total, trainable = count_parameters(model)
+    loaded = LoadedModel(model=model, tokenizer=tokenizer, kind=plan.kind, source=plan.source, init=plan.init,
+                         device=device, precision=precision, attn_requested=attn,
+                         attn_implementation=actual_attention(model), is_moe=plan.is_moe, total_params=total,
+                         trainable_params=trainable, notes=notes)
+    log(f"trainable parameters: {trainable:,} of {total:,} ({loaded.trainable_percent:.2f}%); "
+        f"attention {loaded.attn_implementation} (requested {attn}); device {device}; precision {precision}")
+    return loaded
+
+
+def load_trained(path: str, mirror: str | None = None, device: str = "auto"):
+    """Load a trained model folder (a run's final/, merged/ or an adapter folder) for evaluation."""
+    register_strata_models()
+    folder = Path(path)
+    if (folder / "adapter_config.json").exists():
+        from peft import AutoPeftModelForCausalLM, AutoPeftModelForSeq2SeqLM, PeftConfig
+
+        base = AutoConfig.from_pretrained(PeftConfig.from_pretrained(str(folder)).base_model_name_or_path)
+        cls = AutoPeftModelForSeq2SeqLM if base.is_encoder_decoder else AutoPeftModelForCausalLM
+        model = cls.from_pretrained(str(folder))
+    else:
+        resolved = resolve_model_path(path, mirror)
+        config = AutoConfig.from_pretrained(resolved)
+        model = _auto_class(architecture_kind(config)).from_pretrained(resolved)
+    tokenizer = _finish_tokenizer(AutoTokenizer.from_pretrained(str(folder) if folder.is_dir() else path))
+    model.to(resolve_device(device)).eval()
+    return model, tokenizer
+
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -1,0 +1,291 @@
+"""The ``strata train`` recipe: builders in order, the loop itself is transformers' Trainer (or TRL's).
+
+Read top to bottom: resolve the run folder, load examples, build model + tokenizer, tokenize,
+build the trainer, train, save, evaluate, write metrics. Each step is a builder you can call alone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import EarlyStoppingCallback, TrainingArguments
+from transformers.integrations import TensorBoardCallback
+
+from strata.config import RunConfig
+from strata.data.pipeline import Examples, load_examples, tokenize_examples
+from strata.errors import StrataError
+from strata.models.loading import (
+    LoadedModel,
+    load_for_training,
+    resolve_attention,
+    resolve_device,
+    resolve_precision,
+)
+from strata.training.callbacks import RunMetadataCallback
+from strata.training.distributed import DistInfo, broadcast_object, dist_info
+from strata.training.run_folder import (
+    RunFolder,
+    explicit_run_folder,
+    new_run_folder,
+    resolve_resume,
+    run_key,
+)
+from strata.training.trainer import StrataTrainer, scalar_metrics
+
+logger = logging.getLogger("strata.train")
+
+
+@dataclass
+class RunResult:
+    folder: RunFolder
+    metrics: dict[str, Any]
+
+
+def train(config: RunConfig) -> RunResult:
+    """Run one training job end to end and return its folder and metrics."""
+    dist = dist_info()
+    data_args, model_args, train_args = config.data, config.model, config.train
+    say = _printer(dist)
+    mirror = data_args.hub_mirror or os.environ.get("STRATA_HUB_MIRROR")
+    data_args.hub_mirror = mirror
+    preflight(config)
+
+    examples = load_examples(data_args, train_args.mode, train_args.seed)
+    say(f"data {examples.tag}: {len(examples.train):,} training examples ({examples.family}); "
+        + ", ".join(f"{e.name} eval {len(e.dataset):,}" for e in examples.evals))
+
+    key = run_key(model_args.model, examples.tag, train_args.mode, train_args.per_device_train_batch_size,
+                  data_args.max_length, train_args.gradient_accumulation_steps, model_args.use_lora,
+                  data_args.use_packing, dist.world_size)
+    folder, checkpoint = _choose_folder(config, key, dist)
+    if dist.is_main:
+        folder.create()
+        folder.write_args({**config.to_dict(), "run_key": key, "world_size": dist.world_size})
+        folder.attach_log_file()
+    say(f"run folder {folder.root}")
+
+    loaded = load_for_training(model_args, mirror, train_texts=examples.training_texts(),
+                               tokenizer_dir=folder.root / "tokenizer", dropout=train_args.dropout,
+                               seed=train_args.seed, log=say)
+    if train_args.mode == "rl":
+        from strata.training.rl import run_rl
+
+        return run_rl(config, examples, loaded, folder, checkpoint, say)
+
+    tokenized = tokenize_examples(examples, loaded.tokenizer, loaded.kind, data_args, train_args.mode,
+                                  train_args.seed, rows_needed=_rows_needed(config, dist))
+    trainer = build_trainer(config, examples, loaded, tokenized, folder, dist)
+    train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    final_metrics = trainer.evaluate() if (tokenized.eval is not None or trainer.task_eval) else {}
+
+    metrics: dict[str, Any] = {
+        "train": dict(train_output.metrics),
+        "eval": final_metrics,
+        "task_eval": trainer.task_eval_details(),
+        "run": _run_summary(config, examples, loaded, tokenized, dist),
+    }
+    if dist.is_main:
+        save_final(trainer, loaded, folder, model_args)
+        folder.write_metrics(metrics)
+        _report(say, metrics, folder)
+    return RunResult(folder=folder, metrics=metrics)
+
+
+# ---------------------------------------------------------------------------- builders
+def preflight(config: RunConfig) -> None:
+    """Checks that need neither data nor weights: an impossible device or attention fails in a second."""
+    device = resolve_device(config.model.device)
+    resolve_precision(config.model.precision, device)
+    resolve_attention(config.model, device)
+    if config.model.load_in_4bit or config.model.load_in_8bit or config.model.moe_load_in_4bit \
+            or config.model.moe_load_in_8bit:
+        if device != "cuda":
+            raise StrataError(f"4/8-bit loading needs a CUDA GPU (bitsandbytes); device is {device}: "
+                              "drop --load_in_4bit/--load_in_8bit")
+    if config.train.resume_from_checkpoint is None and config.train.output_dir:
+        explicit_run_folder(config.train.output_dir, resuming=False)
+
+
+def _choose_folder(config: RunConfig, key: str, dist: DistInfo) -> tuple[RunFolder, Path | None]:
+    """Decide the run folder once (on rank 0) and share it, so all ranks agree even across a minute tick."""
+    train_args = config.train
+    choice = None
+    if dist.is_main:
+        folder, checkpoint = resolve_resume(train_args.resume_from_checkpoint, train_args.runs_dir, key,
+                                            train_args.output_dir)
+        if folder is None:
+            folder = explicit_run_folder(train_args.output_dir, resuming=False) if train_args.output_dir \
+                else new_run_folder(train_args.runs_dir, key)
+        choice = (str(folder.root), str(checkpoint) if checkpoint else None)
+    root, checkpoint = broadcast_object(choice, dist)
+    return RunFolder(Path(root)), Path(checkpoint) if checkpoint else None
+
+
+def training_arguments(config: RunConfig, loaded: LoadedModel, folder: RunFolder, has_eval: bool) -> TrainingArguments:
+    t = config.train
+    eval_steps = t.eval_steps if t.eval_steps and t.eval_steps > 0 else None
+    logging_steps = t.logging_steps or eval_steps or max(1, min(50, t.max_steps // 10 if t.max_steps > 0 else 50))
+    return TrainingArguments(
+        output_dir=str(folder.checkpoints),
+        seed=t.seed,
+        data_seed=t.seed,
+        max_steps=t.max_steps,
+        num_train_epochs=t.num_train_epochs,
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        per_device_eval_batch_size=t.per_device_eval_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        weight_decay=t.weight_decay,
+        warmup_steps=t.warmup_steps,
+        lr_scheduler_type=t.lr_scheduler_type,
+        max_grad_norm=t.max_grad_norm,
+        logging_steps=logging_steps,
+        logging_first_step=True,
+        eval_strategy="steps" if (eval_steps and has_eval) else "no",
+        eval_steps=eval_steps,
+        save_strategy="steps" if t.save_steps else "no",
+        save_steps=t.save_steps or 500,
+        save_total_limit=t.save_total_limit,
+        load_best_model_at_end=t.load_best_model_at_end,
+        metric_for_best_model=t.metric_for_best_model,
+        greater_is_better=None if t.metric_for_best_model is None else not t.metric_for_best_model.endswith("loss"),
+        bf16=loaded.precision == "bf16",
+        fp16=loaded.precision == "fp16",
+        use_cpu=loaded.device == "cpu",
+        report_to=[],
+        # The data set is shuffled once with --seed; sequential sampling keeps one order for every
+        # world size, so 2-process DDP sees exactly the batches a 1-process run with 2x batch sees.
+        train_sampling_strategy="sequential",
+        include_num_input_tokens_seen="non_padding",
+        dataloader_num_workers=t.dataloader_num_workers,
+        remove_unused_columns=False,
+        disable_tqdm=False,
+        ddp_find_unused_parameters=False if torch.distributed.is_available() else None,
+        save_only_model=False,
+    )
+
+
+def build_trainer(config: RunConfig, examples: Examples, loaded: LoadedModel, tokenized, folder: RunFolder,
+                  dist: DistInfo) -> StrataTrainer:
+    t = config.train
+    has_eval = tokenized.eval is not None and len(tokenized.eval) > 0
+    args = training_arguments(config, loaded, folder, has_eval)
+    task_eval = None
+    if config.train.mode == "sft" and examples.evals:
+        task_eval = [
+            {"name": source.name, "dataset": source.dataset, "family": source.family,
+             "label_words": source.label_words, "method": t.eval_method,
+             "batch_size": t.per_device_eval_batch_size, "max_length": config.data.max_length,
+             "max_examples": None}
+            for source in examples.evals
+        ]
+    callbacks = []
+    if dist.is_main:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(log_dir=str(folder.tensorboard))
+        callbacks.append(RunMetadataCallback(writer, *_metadata(config, examples, loaded, dist)))
+        tensorboard = TensorBoardCallback(tb_writer=writer)
+        # Trainer closes the writer at train end; the final evaluate() then re-opens one here, not in
+        # checkpoints/runs/.
+        tensorboard.logging_dir = str(folder.tensorboard)
+        callbacks.append(tensorboard)
+    if t.early_stopping_patience is not None:
+        if t.metric_for_best_model is None:
+            raise StrataError("--early_stopping_patience needs --metric_for_best_model (e.g. eval_accuracy)")
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience))
+    return StrataTrainer(
+        model=loaded.model,
+        args=args,
+        train_dataset=tokenized.train,
+        eval_dataset=tokenized.eval if has_eval else None,
+        data_collator=tokenized.collator,
+        processing_class=loaded.tokenizer,
+        callbacks=callbacks,
+        task_eval=task_eval,
+    )
+
+
+def _rows_needed(config: RunConfig, dist: DistInfo) -> int | None:
+    t = config.train
+    if t.max_steps <= 0:
+        return None
+    return t.max_steps * t.per_device_train_batch_size * t.gradient_accumulation_steps * dist.world_size
+
+
+def token_budget(config: RunConfig, world_size: int) -> int:
+    t = config.train
+    return (t.per_device_train_batch_size * config.data.max_length * max(t.max_steps, 0)
+            * t.gradient_accumulation_steps * world_size)
+
+
+def _metadata(config: RunConfig, examples: Examples, loaded: LoadedModel,
+              dist: DistInfo) -> tuple[dict[str, float], dict[str, Any]]:
+    scalars = {
+        "token_budget": float(token_budget(config, dist.world_size)),
+        "total_parameters": float(loaded.total_params),
+        "trainable_parameters": float(loaded.trainable_params),
+        "trainable_percent": loaded.trainable_percent,
+        "world_size": float(dist.world_size),
+    }
+    texts = {
+        "config": config.to_dict(),
+        "model": {"source": loaded.source, "init": loaded.init, "kind": loaded.kind,
+                  "model_type": loaded.model.config.model_type, "moe": loaded.is_moe, "notes": loaded.notes},
+        "attention": f"{loaded.attn_implementation} (requested {loaded.attn_requested})",
+        "device": f"{loaded.device} x{dist.world_size}",
+        "precision": loaded.precision,
+        "datasets": {"tag": examples.tag, "family": examples.family, "sources": examples.sources},
+    }
+    return scalars, texts
+
+
+def save_final(trainer: StrataTrainer, loaded: LoadedModel, folder: RunFolder, model_args) -> None:
+    """final/: the model (or LoRA adapters) + tokenizer; merged/: the merged LoRA model when asked."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if model_args.use_lora and loaded.init == "scratch":
+        # A scratch base exists only in memory: keep it beside the adapters so final/ can be reloaded.
+        base_dir = folder.root / "base_model"
+        model.get_base_model().save_pretrained(base_dir)  # weights without LoRA layers (peft unmerged)
+        loaded.tokenizer.save_pretrained(base_dir)
+        model.peft_config["default"].base_model_name_or_path = str(base_dir.resolve())
+    model.save_pretrained(folder.final)
+    loaded.tokenizer.save_pretrained(folder.final)
+    if model_args.merge_lora:
+        merged = model.merge_and_unload()
+        merged.save_pretrained(folder.root / "merged")
+        loaded.tokenizer.save_pretrained(folder.root / "merged")
+
+
+def _run_summary(config: RunConfig, examples: Examples, loaded: LoadedModel, tokenized, dist: DistInfo) -> dict:
+    return {
+        "tag": examples.tag, "family": examples.family, "sources": examples.sources,
+        "model_source": loaded.source, "total_parameters": loaded.total_params,
+        "trainable_parameters": loaded.trainable_params, "attention": loaded.attn_implementation,
+        "device": loaded.device, "precision": loaded.precision, "world_size": dist.world_size,
+        "token_budget": token_budget(config, dist.world_size), "train_rows": len(tokenized.train),
+        "loss_bearing_tokens": tokenized.loss_tokens,
+    }
+
+
+def _report(say, metrics: dict[str, Any], folder: RunFolder) -> None:
+    flat = scalar_metrics(metrics.get("eval", {}))
+    keys = [k for k in flat if k.split("_", 1)[-1] in ("accuracy", "macro_f1", "majority_baseline", "loss",
+                                                       "perplexity", "exact_match")]
+    summary = ", ".join(f"{k}={flat[k]:.4f}" for k in keys) or json.dumps(flat)[:300]
+    say(f"final evaluation: {summary}")
+    say(f"saved model to {folder.final} and metrics to {folder.metrics}")
+
+
+def _printer(dist: DistInfo):
+    def say(message: str) -> None:
+        if dist.is_main:
+            print(f"[strata] {message}", flush=True)
+            logger.info(message)
+    return say

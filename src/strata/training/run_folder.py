@@ -1,0 +1,167 @@
+"""Named run folders: one folder per run holding args, logs, TensorBoard, checkpoints, final model, metrics.
+
+``runs/<YYYY-MM-DD>_<HH>h<MM>m_<model>_<dataset-tag>_<mode>_bs<B>_len<L>[_acc<A>][_lora][_packed][_ws<N>]/``
+The time prefix sorts runs chronologically; the rest (the *run key*) finds "the same run" for
+``--resume_from_checkpoint latest``. An existing folder is never silently reused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from strata.errors import StrataError
+
+TIME_FORMAT = "%Y-%m-%d_%Hh%Mm"
+_TIME_PREFIX = re.compile(r"^\d{4}-\d{2}-\d{2}_\d{2}h\d{2}m(?:-\d+)?_")
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.+-]+", "-", text).strip("-") or "x"
+
+
+def run_key(model: str, dataset_tag: str, mode: str, batch_size: int, max_length: int,
+            grad_accum: int = 1, lora: bool = False, packed: bool = False, world_size: int = 1) -> str:
+    """The name of a run without its time prefix."""
+    model_name = _slug(Path(model.rstrip("/")).name if "/" in model else model)
+    parts = [model_name, _slug(dataset_tag), mode, f"bs{batch_size}", f"len{max_length}"]
+    if grad_accum > 1:
+        parts.append(f"acc{grad_accum}")
+    if lora:
+        parts.append("lora")
+    if packed:
+        parts.append("packed")
+    if world_size > 1:
+        parts.append(f"ws{world_size}")
+    return "_".join(parts)
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """Paths inside one run folder."""
+
+    root: Path
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / "tensorboard"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def final(self) -> Path:
+        return self.root / "final"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.json"
+
+    def create(self) -> None:
+        for folder in (self.logs, self.tensorboard, self.checkpoints):
+            folder.mkdir(parents=True, exist_ok=True)
+
+    def write_args(self, args: dict[str, Any]) -> None:
+        (self.root / "args.json").write_text(json.dumps(args, indent=2, sort_keys=True, default=str) + "\n")
+        width = max(len(k) for k in args)
+        (self.root / "args.txt").write_text("".join(f"{k:<{width}}  {v}\n" for k, v in sorted(args.items())))
+
+    def write_metrics(self, metrics: dict[str, Any]) -> None:
+        self.metrics.write_text(json.dumps(metrics, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+    def attach_log_file(self) -> logging.Handler:
+        """Mirror strata's and transformers' log records into logs/training.log."""
+        handler = logging.FileHandler(self.logs / "training.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        for name in ("strata", "transformers", "trl"):
+            logger = logging.getLogger(name)
+            logger.addHandler(handler)
+            if logger.level == logging.NOTSET or logger.level > logging.INFO:
+                logger.setLevel(logging.INFO)
+        return handler
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
+
+
+def new_run_folder(runs_dir: str, key: str, now: datetime | None = None) -> RunFolder:
+    """A fresh folder for this run; a same-minute collision gets a numeric suffix, never reuse."""
+    stamp = (now or datetime.now()).strftime(TIME_FORMAT)
+    base = Path(runs_dir)
+    candidate = base / f"{stamp}_{key}"
+    counter = 2
+    while candidate.exists():
+        candidate = base / f"{stamp}-{counter}_{key}"
+        counter += 1
+    return RunFolder(candidate)
+
+
+def explicit_run_folder(output_dir: str, resuming: bool) -> RunFolder:
+    """``--output_dir``: must be new or empty, unless we are resuming inside it."""
+    folder = Path(output_dir)
+    if folder.exists() and any(folder.iterdir()) and not resuming:
+        raise StrataError(f"--output_dir {output_dir} already holds a run; pass a new folder, or "
+                          "--resume_from_checkpoint latest to continue it")
+    return RunFolder(folder)
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    """The checkpoint with the highest step in ``folder/checkpoints`` (or ``folder`` itself)."""
+    candidates = []
+    for parent in (folder / "checkpoints", folder):
+        if parent.is_dir():
+            candidates += [p for p in parent.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda p: int(p.name.split("-")[-1]))
+
+
+def find_latest_run(runs_dir: str, key: str) -> RunFolder | None:
+    """The newest run folder with this run key that holds a checkpoint."""
+    base = Path(runs_dir)
+    if not base.is_dir():
+        return None
+    matches = sorted(p for p in base.iterdir() if p.is_dir() and _TIME_PREFIX.sub("", p.name) == key)
+    for folder in reversed(matches):
+        if latest_checkpoint(folder) is not None:
+            return RunFolder(folder)
+    return None
+
+
+def resolve_resume(resume: str | None, runs_dir: str, key: str,
+                   output_dir: str | None) -> tuple[RunFolder | None, Path | None]:
+    """(run folder to continue, checkpoint) for ``--resume_from_checkpoint latest|PATH``."""
+    if resume is None:
+        return None, None
+    if resume == "latest":
+        if output_dir is not None:
+            folder = RunFolder(Path(output_dir))
+        else:
+            found = find_latest_run(runs_dir, key)
+            if found is None:
+                raise StrataError(f"--resume_from_checkpoint latest found no run named *_{key} with a checkpoint "
+                                  f"in {runs_dir}; pass a checkpoint path or start without resuming")
+            folder = found
+        checkpoint = latest_checkpoint(folder.root)
+        if checkpoint is None:
+            raise StrataError(f"no checkpoint-* folder in {folder.root}; train with --save_steps first")
+        return folder, checkpoint
+    checkpoint = Path(resume)
+    if not (checkpoint / "trainer_state.json").exists():
+        raise StrataError(f"{resume} is not a Trainer checkpoint (no trainer_state.json); "
+                          "pass a checkpoint-N folder or 'latest'")
+    root = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+    return RunFolder(Path(output_dir) if output_dir else root), checkpoint

@@ -1,0 +1,168 @@
+"""GRPO wiring: data preparation, argument mapping and a 2-step CPU smoke run with a tiny model."""
+
+from __future__ import annotations
+
+import pytest
+from datasets import Dataset
+
+from strata.errors import StrataError
+from strata.training.rewards import resolve_rewards
+from strata.training.rl import build_grpo_trainer, prepare_rl_dataset, summarise_rl_logs
+
+LABELS = ["positive", "negative"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import ByT5Tokenizer
+
+    tok = ByT5Tokenizer()
+    assert tok.pad_token is not None
+    return tok
+
+
+def tiny_model(tokenizer):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=256,
+        n_embd=32,
+        n_layer=1,
+        n_head=2,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return GPT2LMHeadModel(config)
+
+
+def sentiment_rows(n: int = 16) -> Dataset:
+    words = ["great", "awful", "lovely", "terrible"]
+    rows = []
+    for i in range(n):
+        word = words[i % 4]
+        label = 0 if word in ("great", "lovely") else 1
+        rows.append(
+            {
+                "prompt": f"Review: a {word} film number {i}.\nSentiment:",
+                "completion": f" {LABELS[label]}",
+                "label": label,
+                "reference": LABELS[label],
+                "domain": "sentiment",
+            }
+        )
+    return Dataset.from_list(rows)
+
+
+def test_prepare_keeps_reward_columns_and_truncates_left(tokenizer):
+    data = prepare_rl_dataset(sentiment_rows(4), tokenizer, max_prompt_length=12, label_words=LABELS)
+    assert set(data.column_names) == {"prompt", "label", "reference", "domain", "label_words"}
+    assert all(p.endswith("Sentiment:") and len(p.encode()) <= 12 for p in data["prompt"])
+    assert data[0]["label_words"] == LABELS
+    again = prepare_rl_dataset(data, tokenizer, max_prompt_length=12)
+    assert again["prompt"] == data["prompt"]
+
+
+def test_prepare_truncates_conversational_prompts(tokenizer):
+    data = Dataset.from_list([{"prompt": [{"role": "user", "content": "x" * 50 + "END"}], "reference": "a"}])
+    out = prepare_rl_dataset(data, tokenizer, max_prompt_length=10)
+    assert out[0]["prompt"][0]["content"].endswith("END")
+    assert len(out[0]["prompt"][0]["content"]) <= 10
+
+
+def test_prepare_needs_prompt_column(tokenizer):
+    with pytest.raises(StrataError, match="prompt"):
+        prepare_rl_dataset(Dataset.from_list([{"text": "hi"}]), tokenizer, 8)
+
+
+def test_batch_must_hold_whole_groups(tokenizer, tmp_path):
+    funcs, weights = resolve_rewards(None, None, "classification", LABELS)
+    with pytest.raises(StrataError, match="divisible by --grpo_group_size"):
+        build_grpo_trainer(
+            tiny_model(tokenizer),
+            tokenizer,
+            sentiment_rows(4),
+            None,
+            reward_funcs=funcs,
+            reward_weights=weights,
+            reward_model=None,
+            output_dir=str(tmp_path),
+            group_size=4,
+            per_device_train_batch_size=6,
+            max_steps=1,
+            report_to=[],
+            use_cpu=True,
+        )
+
+
+def test_weights_must_match_rewards(tokenizer, tmp_path):
+    funcs, _ = resolve_rewards(None, None, "classification", LABELS)
+    with pytest.raises(StrataError, match="reward_weights"):
+        build_grpo_trainer(
+            tiny_model(tokenizer),
+            tokenizer,
+            sentiment_rows(4),
+            None,
+            reward_funcs=funcs,
+            reward_weights=[1.0, 2.0],
+            reward_model=None,
+            output_dir=str(tmp_path),
+            max_steps=1,
+            report_to=[],
+            use_cpu=True,
+        )
+
+
+def test_grpo_smoke_two_steps(tokenizer, tmp_path):
+    funcs, weights = resolve_rewards(["classification,format"], [1.0, 0.2], "classification", LABELS)
+    trainer = build_grpo_trainer(
+        tiny_model(tokenizer),
+        tokenizer,
+        sentiment_rows(16),
+        sentiment_rows(4),
+        reward_funcs=funcs,
+        reward_weights=weights,
+        reward_model=None,
+        output_dir=str(tmp_path),
+        beta=0.1,
+        group_size=2,
+        max_prompt_length=64,
+        max_completion_length=8,
+        learning_rate=1e-4,
+        warmup_steps=0,
+        max_steps=2,
+        temperature=1.0,
+        per_device_train_batch_size=4,
+        seed=0,
+        logging_steps=1,
+        report_to=["tensorboard"],
+        use_cpu=True,
+        bf16=False,
+        eval_strategy="steps",
+        eval_steps=2,
+        per_device_eval_batch_size=4,
+    )
+    assert trainer.args.num_generations == 2 and trainer.args.beta == 0.1
+    assert trainer.args.learning_rate == 1e-4 and trainer.args.max_completion_length == 8
+    trainer.train()
+    logged = {k for entry in trainer.state.log_history for k in entry}
+    for key in (
+        "reward",
+        "reward_std",
+        "rewards/classification/mean",
+        "rewards/classification/std",
+        "rewards/format/mean",
+        "completions/mean_length",
+        "kl",
+        "eval_reward",
+        "eval_rewards/classification/mean",
+    ):
+        assert key in logged, key
+    summary = summarise_rl_logs(trainer.state.log_history)
+    assert -0.5 <= summary["rewards/classification/mean"] <= 1.0
+    assert "first_reward" in summary
+    history = trainer.strata_samples_callback.history
+    assert {tag for _, tag, _ in history} == {"rl/eval_samples", "rl/train_samples"}
+    assert "classification" in history[0][2][0]["rewards"]
+    assert list(tmp_path.rglob("events.out.tfevents*"))
