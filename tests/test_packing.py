@@ -88,6 +88,8 @@ def test_pack_examples_keeps_every_token_and_restarts_positions() -> None:
     assert sorted(seen) == sorted((tuple(x["input_ids"]), tuple(x["labels"])) for x in examples)
     again = pack_examples(Dataset.from_list(examples), max_length=48, seed=3)
     assert again["input_ids"] == packed["input_ids"]
+    view = Dataset.from_list(examples + examples[:5]).select(range(30))  # an indices mapping, not a copy
+    assert pack_examples(view, max_length=48, seed=3)["labels"] == packed["labels"]
 
 
 def test_packing_collator_masks_boundaries_and_padding_not_eos() -> None:

@@ -96,7 +96,11 @@ def test_step0_equals_baseline_loaded_weights(stratified_type: str) -> None:
     base = build(tiny_config(), seed=3)
     variant = build(tiny_config(stratified_type), seed=4)
     missing, unexpected = variant.load_state_dict(base.state_dict(), strict=False)
-    assert not unexpected and missing and all("stratified_ffn" in k or "stratum" in k or "head_gate" in k for k in missing)
+    assert (
+        not unexpected
+        and missing
+        and all("stratified_ffn" in k or "stratum" in k or "head_gate" in k for k in missing)
+    )
     batch = random_batch()
     with torch.no_grad():
         assert torch.equal(base(**batch).logits, variant(**batch).logits)
@@ -204,7 +208,9 @@ def test_left_padding_matches_unpadded(stratified_type: str) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("stratified_type,source", [("routing", "clusters"), ("moe", "lid_bins"), ("layers", "learned")])
+@pytest.mark.parametrize(
+    "stratified_type,source", [("routing", "clusters"), ("moe", "lid_bins"), ("layers", "learned")]
+)
 def test_save_pretrained_roundtrip_through_auto_classes(tmp_path, stratified_type: str, source: str) -> None:
     AutoConfig.register("stratified", StratifiedConfig, exist_ok=True)
     AutoModelForCausalLM.register(StratifiedConfig, StratifiedForCausalLM, exist_ok=True)
@@ -236,7 +242,10 @@ def test_generate_with_domain_source_and_per_sequence_tags() -> None:
     prompt = torch.randint(2, VOCAB, (2, 5), generator=torch.Generator().manual_seed(0))
     kwargs = dict(max_new_tokens=6, do_sample=False, pad_token_id=0, stratum_ids=torch.tensor([0, 3]))
     with torch.no_grad():
-        assert torch.equal(model.generate(prompt, use_cache=True, **kwargs), model.generate(prompt, use_cache=False, **kwargs))
+        assert torch.equal(
+            model.generate(prompt, use_cache=True, **kwargs),
+            model.generate(prompt, use_cache=False, **kwargs),
+        )
 
 
 def test_source_errors_are_explicit() -> None:
@@ -326,7 +335,12 @@ def test_presets() -> None:
         STRATIFIED_PRESETS
     )
     tiny = STRATIFIED_PRESETS["stratified-tiny"](vocab_size=100, stratified_type="layers")
-    assert (tiny.hidden_size, tiny.num_hidden_layers, tiny.num_attention_heads, tiny.num_strata) == (64, 2, 4, 4)
+    assert (tiny.hidden_size, tiny.num_hidden_layers, tiny.num_attention_heads, tiny.num_strata) == (
+        64,
+        2,
+        4,
+        4,
+    )
     assert tiny.stratified_type == "layers"
     small = STRATIFIED_PRESETS["stratified-attention-small"](vocab_size=100, num_strata=8)
     assert (small.hidden_size, small.num_hidden_layers, small.stratified_type, small.num_strata) == (
@@ -353,12 +367,17 @@ def test_learned_router_finds_planted_strata(stratified_type: str) -> None:
     )
     model = build(config).train()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matmuls: one thread is faster, and the cores are shared
     start = time.perf_counter()
     for batch in train:
-        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss.backward()
+        model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
+        ).loss.backward()
         opt.step()
         opt.zero_grad()
     elapsed = time.perf_counter() - start
+    torch.set_num_threads(threads)
 
     stats = collect_router_stats(model, test, [b["stratum_ids"] for b in test])
     diag = routing_diagnostics(stats, n_permutations=100, lid=False)

@@ -169,9 +169,10 @@ def test_dual_form_equals_primal(layer_type, length):
     pos = (torch.arange(length) % K)[None]
     info = _SeqInfo(pos=pos, offset=0, valid=None, n_valid=None)
     with torch.no_grad():
-        z, _ = layer._scan(xq, xk, xv, lr, tau_table[pos], tau_table[K - 1], layer._initial_state(), info)
-        gamma, beta = layer.ttt_norm_weight[None, :, None, :], layer.ttt_norm_bias[None, :, None, :]
-        dual = (xq + ln_fwd(z, gamma, beta))[0]
+        # heads are folded into the batch inside the scan: [B, H, L, d] -> [BH, L, d]
+        args = (xq[0], xk[0], xv[0], lr[0], tau_table[pos], tau_table[K - 1], layer._initial_state(1), info)
+        z, _ = layer._scan(*args)
+        dual = xq[0] + ln_fwd(z, layer.ttt_norm_weight[:, None, :], layer.ttt_norm_bias[:, None, :])
     primal = primal_reference(layer, xq[0], xk[0], xv[0], lr[0], tau_table)
     torch.testing.assert_close(dual.double(), primal, rtol=1e-4, atol=1e-4)
     # and the inner loop is not a no-op on this data

@@ -6,6 +6,7 @@ this module only dispatches, and turns a ``StrataError`` into one line and exit 
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -24,14 +25,37 @@ commands:
 """
 
 
-def _setup_environment() -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import logging
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is *now* (pytest and notebooks swap it between calls)."""
 
-    # The console shows warnings; INFO records still reach logs/training.log through the run's file handler.
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    for handler in logging.getLogger().handlers:
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it; we always use sys.stderr
+        pass
+
+
+def _setup_environment() -> None:
+    """Console shows warnings and errors; INFO records go to the run's logs/training.log only."""
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, "_strata_console", False):  # re-bind to the current stderr on every call
+            root.removeHandler(handler)
+    console = _StderrHandler()
+    console.setLevel(logging.WARNING)
+    console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    console._strata_console = True  # type: ignore[attr-defined]
+    root.addHandler(console)
+    for handler in hf_logging.get_logger().handlers:  # transformers' own console handler
         handler.setLevel(logging.WARNING)
+    # Per-map progress bars would bury the one-line errors and the training progress bar.
+    datasets.disable_progress_bars()
 
 
 def cmd_train(argv: list[str]) -> int:

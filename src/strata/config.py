@@ -38,10 +38,10 @@ class DataArguments:
         default=None, metadata={"help": "Sampling rate per --datasets entry; positive, summing to 1."}
     )
     train_split: str | None = field(
-        default=None, metadata={"help": "Training split in datasets' split syntax, e.g. 'train[:90%]', 'test[:10000]'."}
+        default=None, metadata={"help": "Training split in datasets' split syntax, e.g. 'train[:90%%]', 'test[:10000]'."}
     )
     eval_split: str | None = field(
-        default=None, metadata={"help": "Evaluation split, e.g. 'validation' or 'train[90%:]'. Default: from the spec."}
+        default=None, metadata={"help": "Evaluation split, e.g. 'validation' or 'train[90%%:]'. Default: from the spec."}
     )
     text_column: str | None = field(default=None, metadata={"help": "Text column of a local dataset."})
     label_column: str | None = field(default=None, metadata={"help": "Label column of a local dataset."})

@@ -134,7 +134,9 @@ class RouterStats:
 
 
 def _model_inputs(batch: Batch) -> dict[str, Any]:
-    return {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "position_ids", "stratum_ids")}
+    return {
+        k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "position_ids", "stratum_ids")
+    }
 
 
 def _device(model: torch.nn.Module) -> torch.device:
@@ -158,7 +160,9 @@ def collect_router_stats(
     site = router_input_site(cfg.stratified_type)
     captured: list[list[torch.Tensor]] = [[] for _ in backbone.layers]
     hooks = [
-        getattr(layer, site).register_forward_hook(lambda _m, _i, out, i=i: captured[i].append(out.float().cpu()))
+        getattr(layer, site).register_forward_hook(
+            lambda _m, _i, out, i=i: captured[i].append(out.float().cpu())
+        )
         for i, layer in enumerate(backbone.layers)
     ]
     n_layers = len(backbone.layers)
@@ -175,9 +179,13 @@ def collect_router_stats(
             ids = batch["input_ids"].cpu()
             am = batch.get("attention_mask")
             mask = (am.cpu() if am is not None else torch.ones_like(ids)).bool()
-            dom = domain_ids[b] if domain_ids is not None else batch.get("domain_ids", batch.get("stratum_ids"))
+            dom = (
+                domain_ids[b] if domain_ids is not None else batch.get("domain_ids", batch.get("stratum_ids"))
+            )
             if dom is None:
-                raise ValueError("collect_router_stats needs domain_ids (or batch['domain_ids'/'stratum_ids'])")
+                raise ValueError(
+                    "collect_router_stats needs domain_ids (or batch['domain_ids'/'stratum_ids'])"
+                )
             dom = torch.as_tensor(np.asarray(dom)).long()
             if dom.dim() == 1:
                 dom = dom[:, None].expand_as(ids)
@@ -345,7 +353,9 @@ def lm_loss(model: torch.nn.Module, batches: Sequence[Batch]) -> float:
     return total / max(count, 1)
 
 
-def ablation_matrix(model: torch.nn.Module, batches_by_domain: Mapping[Any, Sequence[Batch]]) -> dict[str, Any]:
+def ablation_matrix(
+    model: torch.nn.Module, batches_by_domain: Mapping[Any, Sequence[Batch]]
+) -> dict[str, Any]:
     """Loss per domain with each stratum switched off in turn.
 
     Returns {"domains", "strata", "base_loss": {domain: loss}, "loss": [S][D], "delta": [S][D]} where delta =
@@ -396,7 +406,9 @@ def _flatten(prefix: str, value: Any, out: dict[str, float]) -> None:
             _flatten(f"{prefix}/{i}", v, out)
 
 
-def log_diagnostics_to_tensorboard(writer: Any, diag: Mapping[str, Any], step: int, prefix: str = "diag") -> int:
+def log_diagnostics_to_tensorboard(
+    writer: Any, diag: Mapping[str, Any], step: int, prefix: str = "diag"
+) -> int:
     """Write every finite numeric leaf of `diag` as a scalar (tags like diag/layers/layer0/router/nmi).
 
     `writer` is a torch.utils.tensorboard SummaryWriter (anything with `add_scalar`). Returns the number of
@@ -407,8 +419,6 @@ def log_diagnostics_to_tensorboard(writer: Any, diag: Mapping[str, Any], step: i
     for tag, v in flat.items():
         writer.add_scalar(tag, v, step)
     return len(flat)
-
-
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -432,7 +442,9 @@ def planted_strata_batches(
     fixed; `seed` only draws the samples, so different seeds give train / test splits of the same task.
     """
     chain_rng = np.random.default_rng(12345)  # the planted chains are fixed; `seed` only changes the samples
-    chains = chain_rng.dirichlet(np.full(tokens_per_domain, concentration), size=(num_domains, tokens_per_domain))
+    chains = chain_rng.dirichlet(
+        np.full(tokens_per_domain, concentration), size=(num_domains, tokens_per_domain)
+    )
     rng = np.random.default_rng(seed)
     vocab_size = 1 + num_domains * tokens_per_domain
     batches = []

@@ -270,6 +270,13 @@ def resolve_model_source(args: ModelArguments, mirror: str | None) -> tuple[Pres
     return None, path, init
 
 
+def check_architecture(args: ModelArguments, mirror: str | None) -> None:
+    """Refuse encoder-only models from their config alone, before any data or weights load."""
+    preset, path, _init = resolve_model_source(args, mirror)
+    if preset is None and path is not None and Path(path).is_dir():
+        architecture_kind(AutoConfig.from_pretrained(path))
+
+
 def plan_model(args: ModelArguments, vocab_size: int, tokenizer: PreTrainedTokenizerBase,
                mirror: str | None, dropout: float | None = None) -> ModelPlan:
     preset, path, init = resolve_model_source(args, mirror)

@@ -22,6 +22,7 @@ from strata.data.pipeline import Examples, load_examples, tokenize_examples
 from strata.errors import StrataError
 from strata.models.loading import (
     LoadedModel,
+    check_architecture,
     load_for_training,
     resolve_attention,
     resolve_device,
@@ -31,6 +32,7 @@ from strata.training.callbacks import RunMetadataCallback
 from strata.training.distributed import DistInfo, broadcast_object, dist_info
 from strata.training.run_folder import (
     RunFolder,
+    detach_log_file,
     explicit_run_folder,
     new_run_folder,
     resolve_resume,
@@ -64,10 +66,21 @@ def train(config: RunConfig) -> RunResult:
                   data_args.max_length, train_args.gradient_accumulation_steps, model_args.use_lora,
                   data_args.use_packing, dist.world_size)
     folder, checkpoint = _choose_folder(config, key, dist)
+    log_handler = None
     if dist.is_main:
         folder.create()
         folder.write_args({**config.to_dict(), "run_key": key, "world_size": dist.world_size})
-        folder.attach_log_file()
+        log_handler = folder.attach_log_file()
+    try:
+        return _train_in_folder(config, examples, folder, checkpoint, dist, say, mirror)
+    finally:
+        if log_handler is not None:
+            detach_log_file(log_handler)
+
+
+def _train_in_folder(config: RunConfig, examples: Examples, folder: RunFolder, checkpoint: Path | None,
+                     dist: DistInfo, say, mirror: str | None) -> RunResult:
+    data_args, model_args, train_args = config.data, config.model, config.train
     say(f"run folder {folder.root}")
 
     loaded = load_for_training(model_args, mirror, train_texts=examples.training_texts(),
@@ -110,6 +123,7 @@ def preflight(config: RunConfig) -> None:
                               "drop --load_in_4bit/--load_in_8bit")
     if config.train.resume_from_checkpoint is None and config.train.output_dir:
         explicit_run_folder(config.train.output_dir, resuming=False)
+    check_architecture(config.model, config.data.hub_mirror)
 
 
 def _choose_folder(config: RunConfig, key: str, dist: DistInfo) -> tuple[RunFolder, Path | None]:

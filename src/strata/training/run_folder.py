@@ -83,12 +83,24 @@ class RunFolder:
         """Mirror strata's and transformers' log records into logs/training.log."""
         handler = logging.FileHandler(self.logs / "training.log")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setLevel(logging.INFO)
+        handler._previous_levels = {}  # type: ignore[attr-defined]
         for name in ("strata", "transformers", "trl"):
             logger = logging.getLogger(name)
             logger.addHandler(handler)
+            handler._previous_levels[name] = logger.level  # type: ignore[attr-defined]
             if logger.level == logging.NOTSET or logger.level > logging.INFO:
                 logger.setLevel(logging.INFO)
         return handler
+
+
+def detach_log_file(handler: logging.Handler) -> None:
+    """Undo ``attach_log_file`` (several runs may share one process: tests, `strata compare`)."""
+    for name, level in getattr(handler, "_previous_levels", {}).items():
+        logger = logging.getLogger(name)
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    handler.close()
 
 
 def _json_default(value: Any) -> Any:

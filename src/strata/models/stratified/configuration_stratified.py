@@ -110,7 +110,8 @@ class StratifiedConfig(PreTrainedConfig):
         if self.layer_strategy_widths is None:
             # strategy 0 skips, then widths halve from the full baseline width: S=4 -> [0, I/4, I/2, I]
             self.layer_strategy_widths = [0] + [
-                max(1, self.intermediate_size // 2 ** (self.num_strata - 1 - s)) for s in range(1, self.num_strata)
+                max(1, self.intermediate_size // 2 ** (self.num_strata - 1 - s))
+                for s in range(1, self.num_strata)
             ]
         self.layer_strategy_widths = [int(w) for w in self.layer_strategy_widths]
         if self.disabled_strata is not None:
@@ -120,11 +121,15 @@ class StratifiedConfig(PreTrainedConfig):
     def validate_architecture(self):
         """Called by the `@strict` dataclass validation: fail early on inconsistent settings."""
         if self.hidden_size % self.num_attention_heads != 0:
-            raise ValueError(f"hidden_size {self.hidden_size} not divisible by {self.num_attention_heads} heads")
+            raise ValueError(
+                f"hidden_size {self.hidden_size} not divisible by {self.num_attention_heads} heads"
+            )
         if self.num_attention_heads % self.num_key_value_heads != 0:
             raise ValueError("num_attention_heads must be a multiple of num_key_value_heads")
         if self.stratified_type not in STRATIFIED_TYPES:
-            raise ValueError(f"stratified_type must be one of {STRATIFIED_TYPES}, got {self.stratified_type!r}")
+            raise ValueError(
+                f"stratified_type must be one of {STRATIFIED_TYPES}, got {self.stratified_type!r}"
+            )
         if self.stratum_source not in STRATUM_SOURCES:
             raise ValueError(f"stratum_source must be one of {STRATUM_SOURCES}, got {self.stratum_source!r}")
         if self.router_mode not in ROUTER_MODES:

@@ -180,8 +180,12 @@ class StratumHeadGate(StratifiedPart):
 
     def __init__(self, config: StratifiedConfig):
         super().__init__()
-        self.gate_logits = nn.Parameter(torch.zeros(config.num_strata, config.num_attention_heads))  # [S, heads]
-        self.out_proj = nn.Parameter(torch.zeros(config.hidden_size, config.num_attention_heads * config.head_dim))
+        self.gate_logits = nn.Parameter(
+            torch.zeros(config.num_strata, config.num_attention_heads)
+        )  # [S, heads]
+        self.out_proj = nn.Parameter(
+            torch.zeros(config.hidden_size, config.num_attention_heads * config.head_dim)
+        )
 
     def init_stratified(self, generator: torch.Generator, std: float) -> None:
         init.normal_(self.gate_logits, mean=0.0, std=1.0, generator=generator)
@@ -243,7 +247,9 @@ class StratumStrategyFFN(StratifiedPart):
         # x [B, T, H], weights [B, T, S]
         if sum(self.widths) == 0:
             return torch.zeros_like(x)
-        h = self.act_fn(nn.functional.linear(x, self.gate_proj)) * nn.functional.linear(x, self.up_proj)  # [B,T,W]
+        h = self.act_fn(nn.functional.linear(x, self.gate_proj)) * nn.functional.linear(
+            x, self.up_proj
+        )  # [B,T,W]
         repeats = torch.tensor(self.widths, device=x.device)
         unit_weights = weights.repeat_interleave(repeats, dim=-1, output_size=sum(self.widths))  # [B, T, W]
         h = h * unit_weights  # unit u of strategy s scaled by w_s
@@ -398,10 +404,18 @@ class StratifiedDecoderLayer(GradientCheckpointingLayer):
         kind = config.stratified_type
         if kind != "none":
             with torch.random.fork_rng(devices=[]):
-                self.stratum_source = _mark_stratified(build_stratum_source(config), _part_seed(config, layer_idx, 1))
-                ffn_cls = {"routing": StratumRoutedFFN, "layers": StratumStrategyFFN, "moe": StratumConditionedMoE}
+                self.stratum_source = _mark_stratified(
+                    build_stratum_source(config), _part_seed(config, layer_idx, 1)
+                )
+                ffn_cls = {
+                    "routing": StratumRoutedFFN,
+                    "layers": StratumStrategyFFN,
+                    "moe": StratumConditionedMoE,
+                }
                 if kind in ffn_cls:
-                    self.stratified_ffn = _mark_stratified(ffn_cls[kind](config), _part_seed(config, layer_idx, 2))
+                    self.stratified_ffn = _mark_stratified(
+                        ffn_cls[kind](config), _part_seed(config, layer_idx, 2)
+                    )
 
     def forward(
         self,
@@ -425,7 +439,9 @@ class StratifiedDecoderLayer(GradientCheckpointingLayer):
         if kind == "attention":
             record.route = self.stratum_source(x, **source_kwargs)
         weights = record.route.weights if record.route is not None else None
-        hidden_states = residual + self.self_attn(x, position_embeddings, attention_mask, past_key_values, weights)
+        hidden_states = residual + self.self_attn(
+            x, position_embeddings, attention_mask, past_key_values, weights
+        )
 
         residual = hidden_states
         x = self.post_attention_layernorm(hidden_states)
@@ -433,7 +449,9 @@ class StratifiedDecoderLayer(GradientCheckpointingLayer):
         if kind in ("routing", "layers", "moe"):
             record.route = self.stratum_source(x, **source_kwargs)
             if kind == "moe":
-                moe_out, record.expert_logits, moe_aux = self.stratified_ffn(x, record.route.weights, token_mask)
+                moe_out, record.expert_logits, moe_aux = self.stratified_ffn(
+                    x, record.route.weights, token_mask
+                )
                 out = out + moe_out
                 record.aux_loss = moe_aux
             else:
@@ -492,7 +510,9 @@ class StratifiedModel(StratifiedPreTrainedModel):
         super().__init__(config)
         self.padding_idx = config.pad_token_id
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
-        self.layers = nn.ModuleList([StratifiedDecoderLayer(config, i) for i in range(config.num_hidden_layers)])
+        self.layers = nn.ModuleList(
+            [StratifiedDecoderLayer(config, i) for i in range(config.num_hidden_layers)]
+        )
         self.norm = StratifiedRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.rotary_emb = StratifiedRotaryEmbedding(config)
         self.gradient_checkpointing = False
@@ -642,7 +662,11 @@ class StratifiedForCausalLM(StratifiedPreTrainedModel, GenerationMixin):
                 aux = self.config.aux_loss_coef * outputs.aux_loss.to(loss.device)
                 if num_items is not None:
                     local = (labels[..., 1:] != -100).sum()
-                    aux = aux * local.to(aux.dtype) / torch.as_tensor(num_items, device=aux.device).to(aux.dtype)
+                    aux = (
+                        aux
+                        * local.to(aux.dtype)
+                        / torch.as_tensor(num_items, device=aux.device).to(aux.dtype)
+                    )
                 loss = loss + aux
 
         return StratifiedCausalLMOutputWithPast(
@@ -668,7 +692,10 @@ def count_parameters(config: StratifiedConfig) -> dict[str, int]:
         model = StratifiedForCausalLM(config)
     total = sum(p.numel() for p in model.parameters())  # tied weights counted once
     stratified = sum(
-        p.numel() for m in model.modules() if isinstance(m, StratifiedPart) for p in m.parameters(recurse=True)
+        p.numel()
+        for m in model.modules()
+        if isinstance(m, StratifiedPart)
+        for p in m.parameters(recurse=True)
     )
     embedding = model.model.embed_tokens.weight.numel()
     if not config.tie_word_embeddings:

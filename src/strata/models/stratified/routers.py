@@ -65,7 +65,9 @@ def masked_mean(values: torch.Tensor, token_mask: torch.Tensor | None) -> torch.
     return (values * m).sum(dim=(0, 1)) / m.sum().clamp_min(1.0)
 
 
-def load_balancing_loss(probs: torch.Tensor, assignment: torch.Tensor, token_mask: torch.Tensor | None) -> torch.Tensor:
+def load_balancing_loss(
+    probs: torch.Tensor, assignment: torch.Tensor, token_mask: torch.Tensor | None
+) -> torch.Tensor:
     """Switch-Transformer balance loss n * sum_i f_i * P_i (=1 when uniform); probs/assignment [B, T, n]."""
     n = probs.shape[-1]
     f = masked_mean(assignment.float(), token_mask)  # [n] fraction of tokens dispatched to each path
@@ -108,7 +110,9 @@ class StratumSource(StratifiedPart):
         token_mask: torch.Tensor | None = None,
         past_length: int = 0,
     ) -> RouterOutput:
-        idx = self.assign(hidden_states, input_ids=input_ids, stratum_ids=stratum_ids, past_length=past_length)
+        idx = self.assign(
+            hidden_states, input_ids=input_ids, stratum_ids=stratum_ids, past_length=past_length
+        )
         onehot = F.one_hot(idx, self.num_strata).to(hidden_states.dtype)  # [B, T, S]
         return RouterOutput(weights=_disable(onehot, self.config.disabled_strata), probs=onehot)
 
@@ -140,7 +144,9 @@ class LearnedStratumRouter(StratumSource):
         probs = logits.softmax(dim=-1)
         hard = F.one_hot(probs.argmax(dim=-1), self.num_strata).to(probs.dtype)
         if self.config.router_mode == "top1":
-            weights = hard + probs - probs.detach()  # forward: one-hot; backward: d/d probs (straight-through)
+            weights = (
+                hard + probs - probs.detach()
+            )  # forward: one-hot; backward: d/d probs (straight-through)
         else:
             weights = probs
         aux = load_balancing_loss(probs, hard, token_mask) + self.config.z_loss_weight * router_z_loss(
@@ -185,7 +191,9 @@ class LIDBinStratumSource(StratumSource):
 
     def __init__(self, config: StratifiedConfig):
         super().__init__(config)
-        self.register_buffer("reference", torch.zeros(config.lid_reference_size, config.hidden_size))  # [R, H]
+        self.register_buffer(
+            "reference", torch.zeros(config.lid_reference_size, config.hidden_size)
+        )  # [R, H]
         self.register_buffer("bin_edges", torch.zeros(config.num_strata - 1))  # [S-1] ascending
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
 
@@ -216,7 +224,9 @@ class LIDBinStratumSource(StratumSource):
             raise ValueError(f"lid_bins needs more than {r} distinct fitting tokens, got {len(uniq)}")
         ref = uniq[rng.choice(len(uniq), size=r, replace=False)]
         self.reference.copy_(torch.as_tensor(ref, dtype=self.reference.dtype))
-        lid = mle_lid_to_reference(torch.as_tensor(x, dtype=torch.float32), self.reference, k=self.config.lid_k)
+        lid = mle_lid_to_reference(
+            torch.as_tensor(x, dtype=torch.float32), self.reference, k=self.config.lid_k
+        )
         qs = np.arange(1, self.num_strata) / self.num_strata
         edges = np.quantile(lid.numpy(), qs) if self.num_strata > 1 else np.zeros(0)
         self.bin_edges.copy_(torch.as_tensor(edges, dtype=self.bin_edges.dtype))
@@ -253,7 +263,9 @@ class DomainStratumSource(StratumSource):
 class HashStratumSource(StratumSource):
     """Negative control: Knuth multiplicative hash of the token id (high bits), independent of context."""
 
-    def assign(self, hidden_states: torch.Tensor, input_ids: torch.LongTensor | None = None, **kwargs) -> torch.Tensor:
+    def assign(
+        self, hidden_states: torch.Tensor, input_ids: torch.LongTensor | None = None, **kwargs
+    ) -> torch.Tensor:
         if input_ids is None:
             raise ValueError('stratum_source="hash" needs input_ids (not inputs_embeds)')
         salt = int(self.config.stratified_init_seed)

@@ -1,0 +1,39 @@
+"""Shared helpers for end-to-end tests: run `strata` in-process and read run folders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from strata.cli import main
+
+# Small, fast defaults: a 2x64 Llama on the synthetic corpus, short rows, a tiny eval set.
+FAST = ["--model", "llama-tiny", "--max_length", "96", "--per_device_train_batch_size", "4",
+        "--max_eval_examples", "12", "--eval_steps", "0", "--warmup_steps", "0", "--precision", "fp32",
+        "--learning_rate", "3e-3"]
+
+
+def run_strata(*args: str) -> int:
+    return main([str(a) for a in args])
+
+
+def only_run(runs_dir: Path) -> Path:
+    folders = [p for p in runs_dir.iterdir() if p.is_dir()]
+    assert len(folders) == 1, folders
+    return folders[0]
+
+
+def metrics(run: Path) -> dict:
+    return json.loads((run / "metrics.json").read_text())
+
+
+def final_weights(run: Path, name: str = "final") -> dict[str, torch.Tensor]:
+    return load_file(str(run / name / "model.safetensors"))
+
+
+def max_weight_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
