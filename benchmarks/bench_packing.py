@@ -178,6 +178,14 @@ def main(argv: list[str] | None = None) -> int:
                 }
             )
 
+        write_report(args, argv, results, tok, n_params)
+    return 0
+
+
+def write_report(
+    args: argparse.Namespace, argv: list[str] | None, results: list[dict], tok, n_params: int
+) -> None:
+    """Write the markdown table (called after each dtype, so partial runs keep their numbers)."""
     lines = [
         "# Packing benchmark",
         "",
@@ -208,7 +216,6 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(text)
-    return 0
 
 
 if __name__ == "__main__":

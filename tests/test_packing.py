@@ -90,6 +90,9 @@ def test_pack_examples_keeps_every_token_and_restarts_positions() -> None:
     assert again["input_ids"] == packed["input_ids"]
     view = Dataset.from_list(examples + examples[:5]).select(range(30))  # an indices mapping, not a copy
     assert pack_examples(view, max_length=48, seed=3)["labels"] == packed["labels"]
+    shuffled = Dataset.from_list(examples).select(list(range(29, -1, -1)))  # a real indices mapping
+    tokens = sorted(t for row in pack_examples(shuffled, max_length=48)["input_ids"] for t in row)
+    assert tokens == sorted(t for x in examples for t in x["input_ids"])
 
 
 def test_packing_collator_masks_boundaries_and_padding_not_eos() -> None:

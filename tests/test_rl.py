@@ -166,3 +166,61 @@ def test_grpo_smoke_two_steps(tokenizer, tmp_path):
     assert {tag for _, tag, _ in history} == {"rl/eval_samples", "rl/train_samples"}
     assert "classification" in history[0][2][0]["rewards"]
     assert list(tmp_path.rglob("events.out.tfevents*"))
+
+
+def test_prompt_tokenizer_drops_appended_eos(tokenizer):
+    from transformers import ByT5Tokenizer
+
+    from strata.training.rl import prompt_tokenizer
+
+    safe = prompt_tokenizer(tokenizer)
+    assert tokenizer("ab")["input_ids"][-1] == tokenizer.eos_token_id  # what TRL would feed as the prompt
+    assert safe(text=["ab", "c"])["input_ids"] == [[100, 101], [102]]
+    assert isinstance(safe, ByT5Tokenizer) and type(safe).__name__ == "ByT5Tokenizer"
+    assert tokenizer("ab")["input_ids"][-1] == tokenizer.eos_token_id  # the original is untouched
+
+
+def test_reward_model_is_added_last_with_its_weight(tokenizer, tmp_path):
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    rm_dir = tmp_path / "rm"
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_positions=128, n_embd=32, n_layer=1, n_head=2, num_labels=1
+    )
+    config.pad_token_id = tokenizer.pad_token_id
+    GPT2ForSequenceClassification(config).save_pretrained(rm_dir)
+    tokenizer.save_pretrained(rm_dir)
+    funcs, weights = resolve_rewards(
+        ["classification"], None, "classification", LABELS, has_reward_model=True
+    )
+    trainer = build_grpo_trainer(
+        tiny_model(tokenizer),
+        tokenizer,
+        sentiment_rows(4),
+        None,
+        reward_funcs=funcs,
+        reward_weights=weights,
+        reward_model=str(rm_dir),
+        output_dir=str(tmp_path / "out"),
+        beta=0.0,
+        max_steps=1,
+        per_device_train_batch_size=4,
+        report_to=[],
+        use_cpu=True,
+        bf16=False,
+    )
+    assert len(trainer.reward_funcs) == 2 and trainer.reward_weights.tolist() == [1.0, 1.0]
+    with pytest.raises(StrataError, match="reward_model"):
+        build_grpo_trainer(
+            tiny_model(tokenizer),
+            tokenizer,
+            sentiment_rows(4),
+            None,
+            reward_funcs=funcs,
+            reward_weights=None,
+            reward_model=str(tmp_path / "missing"),
+            output_dir=str(tmp_path / "out2"),
+            max_steps=1,
+            report_to=[],
+            use_cpu=True,
+        )

@@ -167,3 +167,32 @@ def test_two_process_ddp_equals_one_process_with_double_batch(tmp_path):
     assert ddp_run.name.endswith("_ws2")
     diff = max_weight_diff(final_weights(ddp_run), final_weights(one_run))
     assert diff <= 1e-5, diff
+
+
+def test_best_model_and_early_stopping(tmp_path):
+    runs = tmp_path / "runs"
+    args = [*FAST, "--max_steps", "12", "--eval_steps", "2", "--save_steps", "2", "--load_best_model_at_end",
+            "--metric_for_best_model", "eval_loss", "--early_stopping_patience", "1", "--learning_rate", "0.5",
+            "--runs_dir", runs]
+    assert run_strata("train", *args) == 0
+    run = only_run(runs)
+    state = json.loads(max((run / "checkpoints").glob("checkpoint-*"),
+                           key=lambda p: int(p.name.split("-")[1])).joinpath("trainer_state.json").read_text())
+    assert state["best_model_checkpoint"] is not None
+    evals = [entry["eval_loss"] for entry in state["log_history"] if "eval_loss" in entry]
+    # lr 0.5 diverges: the loss stops improving and patience 1 ends the run before step 12.
+    assert state["global_step"] < 12, state["global_step"]
+    assert state["best_metric"] == pytest.approx(min(evals))
+
+
+def test_rl_mode_on_gsm8k_runs_offline(tmp_path, hub_mirror):
+    runs = tmp_path / "runs"
+    assert run_strata("train", "--mode", "rl", "--dataset", "gsm8k", "--dataset_config", "main",
+                      "--model", "llama-tiny", "--init", "scratch", "--max_steps", "5",
+                      "--per_device_train_batch_size", "2", "--max_completion_length", "16",
+                      "--max_prompt_length", "96", "--max_eval_examples", "2", "--eval_steps", "0",
+                      "--precision", "fp32", "--runs_dir", runs) == 0
+    run = only_run(runs)
+    result = metrics(run)
+    assert (run / "final" / "model.safetensors").exists()
+    assert "rewards/math_answer/mean" in json.dumps(result)

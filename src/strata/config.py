@@ -43,6 +43,15 @@ class DataArguments:
     eval_split: str | None = field(
         default=None, metadata={"help": "Evaluation split, e.g. 'validation' or 'train[90%%:]'. Default: from the spec."}
     )
+    train_splits: list[str] | None = field(
+        default=None,
+        metadata={"help": "One training split per --datasets entry (None: --train_split or the spec's), "
+                  "e.g. for TweetEval 'test[:10000]'."},
+    )
+    eval_splits: list[str] | None = field(
+        default=None,
+        metadata={"help": "One evaluation split per --datasets entry (None: --eval_split or the spec's)."},
+    )
     text_column: str | None = field(default=None, metadata={"help": "Text column of a local dataset."})
     label_column: str | None = field(default=None, metadata={"help": "Label column of a local dataset."})
     label_names: list[str] | None = field(
@@ -114,6 +123,10 @@ class ModelArguments:
         default=None,
         metadata={"help": "For stratified presets: none | attention | routing | layers | moe."},
     )
+    stratum_source: str | None = field(
+        default=None,
+        metadata={"help": "For stratified presets: learned | clusters | lid_bins | domain | hash."},
+    )
     match_params: bool = field(
         default=False,
         metadata={"help": "Widen a dense stratified baseline's FFN to match the routing variant's parameters."},
@@ -130,6 +143,11 @@ class TrainArguments:
     )
     runs_dir: str = field(default="runs", metadata={"help": "Parent folder of named run folders."})
     seed: int = field(default=42, metadata={"help": "Seed for data order, initialisation and sampling."})
+    data_seed: int | None = field(
+        default=None,
+        metadata={"help": "Seed for data order, mixing and evaluation subsets only (default: --seed); --seed "
+                  "then seeds initialisation and dropout, so runs can share data but not init."},
+    )
     max_steps: int = field(default=300, metadata={"help": "Optimizer steps (-1: use --num_train_epochs)."})
     num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs when --max_steps is -1."})
     per_device_train_batch_size: int = field(default=16, metadata={"help": "Batch size per device."})
@@ -171,6 +189,10 @@ class TrainArguments:
     code_execution: bool = field(
         default=False, metadata={"help": "Let the code reward run completions in a sandboxed subprocess."}
     )
+
+    def data_order_seed(self) -> int:
+        """The seed of everything data-side: --data_seed when given, else --seed."""
+        return self.seed if self.data_seed is None else self.data_seed
 
 
 ALL_ARGUMENT_CLASSES = (DataArguments, ModelArguments, TrainArguments)
@@ -242,8 +264,9 @@ def _normalise_lists(values: dict[str, Any]) -> dict[str, Any]:
             for item in out[key]:
                 items.extend(part for part in str(item).split(",") if part)
             out[key] = items
-    if out.get("dataset_configs"):
-        out["dataset_configs"] = [None if str(c) in ("None", "none", "") else str(c) for c in out["dataset_configs"]]
+    for key in ("dataset_configs", "train_splits", "eval_splits"):
+        if out.get(key):
+            out[key] = [None if str(c) in ("None", "none", "") else str(c) for c in out[key]]
     return out
 
 
@@ -319,3 +342,12 @@ def validate(config: RunConfig) -> None:
         validate_mixture(d.datasets, configs, d.mixture_rates)
     elif d.mixture_rates is not None or d.dataset_configs is not None:
         raise StrataError("--mixture_rates/--dataset_configs need --datasets (use --dataset_config for one dataset)")
+    for flag in ("train_splits", "eval_splits"):
+        values = getattr(d, flag)
+        if values is None:
+            continue
+        if d.datasets is None:
+            raise StrataError(f"--{flag} needs --datasets (use --{flag[:-1]} for one dataset)")
+        if len(values) != len(d.datasets):
+            raise StrataError(f"--{flag} has {len(values)} entries but --datasets has {len(d.datasets)}; give one "
+                              "split per dataset (None for the default)")

@@ -63,10 +63,12 @@ def load_examples(data: DataArguments, mode: str, seed: int) -> Examples:
         prompt_template=data.prompt_template,
         task=data.task,
     )
+    train_splits = _per_source(data.train_splits, data.train_split, len(ids))
+    eval_splits = _per_source(data.eval_splits, data.eval_split, len(ids))
     trains, evals, sources, tags, families = [], [], [], [], []
-    for dataset_id, config in zip(ids, configs):
+    for dataset_id, config, train_split, eval_split in zip(ids, configs, train_splits, eval_splits):
         train = load_formatted(
-            dataset_id, config, data.train_split, mode, data.hub_mirror, purpose="train", seed=seed, **local
+            dataset_id, config, train_split, mode, data.hub_mirror, purpose="train", seed=seed, **local
         )
         trains.append(train.dataset)
         tags.append(train.tag)
@@ -81,12 +83,10 @@ def load_examples(data: DataArguments, mode: str, seed: int) -> Examples:
                 "tag": train.tag,
             }
         )
-        if mode == "rl":
-            continue
         evaluation = load_formatted(
             dataset_id,
             config,
-            data.eval_split,
+            eval_split,
             mode,
             data.hub_mirror,
             purpose="eval",
@@ -126,6 +126,13 @@ def _prefix_for(train: datasets.Dataset, rows_needed: int | None, data: DataArgu
     mean_length = max(1.0, sum(len(x) for x in sample["input_ids"]) / max(1, len(sample)))
     wanted = int(rows_needed * data.max_length / mean_length * 1.2) + 256
     return train.select(range(min(len(train), wanted)))
+
+
+def _per_source(values: list[str | None] | None, default: str | None, n: int) -> list[str | None]:
+    """One split per source: --train_splits/--eval_splits entries, None falling back to the single flag."""
+    if values is None:
+        return [default] * n
+    return [default if value is None else value for value in values]
 
 
 def _per_source_cap(cap: int | None, n: int) -> int | None:

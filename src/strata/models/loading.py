@@ -157,6 +157,7 @@ def _auto_class(kind: str):
 
 def count_parameters_from_config(config: PretrainedConfig, kind: str) -> int | None:
     """Exact parameter count without allocating weights (built on the meta device)."""
+    register_strata_models()
     try:
         with torch.device("meta"):
             model = _auto_class(kind).from_config(config)
@@ -284,11 +285,16 @@ def plan_model(args: ModelArguments, vocab_size: int, tokenizer: PreTrainedToken
                                      bos_token_id=tokenizer.bos_token_id).items() if v is not None}
     if preset is not None:
         overrides: dict[str, Any] = {}
-        if args.stratified_type is not None:
-            if not preset.name.startswith("stratified"):
-                raise StrataError("--stratified_type applies to stratified-* presets; see `strata models`")
-            overrides["stratified_type"] = args.stratified_type
-        config = preset.make_config(vocab_size, **overrides)
+        for flag in ("stratified_type", "stratum_source"):
+            value = getattr(args, flag)
+            if value is not None:
+                if not preset.name.startswith("stratified"):
+                    raise StrataError(f"--{flag} applies to stratified-* presets; see `strata models`")
+                overrides[flag] = value
+        try:
+            config = preset.make_config(vocab_size, **overrides)
+        except ValueError as error:  # a config class rejecting a value, e.g. an unknown stratified_type
+            raise StrataError(f"{preset.name}: {error}") from error
         for key, value in special.items():
             setattr(config, key, value)
         if config.is_encoder_decoder and getattr(config, "decoder_start_token_id", None) is None:
@@ -315,8 +321,9 @@ def plan_model(args: ModelArguments, vocab_size: int, tokenizer: PreTrainedToken
 
 
 def _match_params(config: PretrainedConfig) -> PretrainedConfig:
-    if config.model_type != "stratified":
-        raise StrataError("--match_params applies to stratified models (it widens the dense baseline)")
+    if config.model_type != "stratified" or config.stratified_type != "none":
+        raise StrataError("--match_params widens the dense stratified baseline to a routing variant's size; "
+                          "use it with --stratified_type none (or a stratified-none-* preset)")
     from strata.models.stratified import match_params
 
     routed = type(config)(**{**config.to_dict(), "stratified_type": "routing"})

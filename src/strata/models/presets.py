@@ -48,6 +48,8 @@ def _llama(hidden: int, layers: int, heads: int, intermediate: int, kv_heads: in
 def _gpt2(hidden: int, layers: int, heads: int, positions: int = 1024) -> Callable[..., PretrainedConfig]:
     def make(vocab_size: int, **overrides) -> PretrainedConfig:
         values = dict(vocab_size=vocab_size, n_embd=hidden, n_layer=layers, n_head=heads, n_positions=positions)
+        if vocab_size <= 50256:  # GPT-2's <|endoftext|> id does not exist in a smaller vocabulary
+            values.update(bos_token_id=None, eos_token_id=None)
         values.update(overrides)
         return GPT2Config(**values)
     return make

@@ -58,7 +58,7 @@ def train(config: RunConfig) -> RunResult:
     data_args.hub_mirror = mirror
     preflight(config)
 
-    examples = load_examples(data_args, train_args.mode, train_args.seed)
+    examples = load_examples(data_args, train_args.mode, train_args.data_order_seed())
     say(f"data {examples.tag}: {len(examples.train):,} training examples ({examples.family}); "
         + ", ".join(f"{e.name} eval {len(e.dataset):,}" for e in examples.evals))
 
@@ -92,7 +92,7 @@ def _train_in_folder(config: RunConfig, examples: Examples, folder: RunFolder, c
         return run_rl(config, examples, loaded, folder, checkpoint, say)
 
     tokenized = tokenize_examples(examples, loaded.tokenizer, loaded.kind, data_args, train_args.mode,
-                                  train_args.seed, rows_needed=_rows_needed(config, dist))
+                                  train_args.data_order_seed(), rows_needed=_rows_needed(config, dist))
     trainer = build_trainer(config, examples, loaded, tokenized, folder, dist)
     train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     final_metrics = trainer.evaluate() if (tokenized.eval is not None or trainer.task_eval) else {}
@@ -148,7 +148,7 @@ def training_arguments(config: RunConfig, loaded: LoadedModel, folder: RunFolder
     return TrainingArguments(
         output_dir=str(folder.checkpoints),
         seed=t.seed,
-        data_seed=t.seed,
+        data_seed=t.data_order_seed(),
         max_steps=t.max_steps,
         num_train_epochs=t.num_train_epochs,
         per_device_train_batch_size=t.per_device_train_batch_size,

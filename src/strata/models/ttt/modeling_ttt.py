@@ -8,7 +8,8 @@ Notation used in the shape comments: B batch, L sequence length, C hidden size, 
 K mini-batch size, N number of mini-batches in a span, s tokens per mini-batch of a span (s <= K), F = 4d (TTT-MLP).
 
 What differs from the reference (on purpose):
-* the inner loop always runs in float32 (the reference runs it in the model dtype), so bf16 models stay stable;
+* the inner loop runs in float32 (or float64 for a float64 model; the reference uses the model dtype), so bf16
+  models stay stable;
 * ``attention_mask`` is honoured: a masked token is removed from its row (see ``TTTModel.forward``);
 * the cache ([`TTTCache`]) supports any chunk length at any offset, per-row offsets, and beam reordering.
 """
@@ -67,12 +68,6 @@ def ln_fused_l2_bwd(
         - grad_x_hat.sum(dim=-1, keepdim=True)
         - x_hat * (grad_x_hat * x_hat).sum(dim=-1, keepdim=True)
     ) / (D * std)
-
-
-def gelu_bwd(x: torch.Tensor) -> torch.Tensor:
-    """Derivative of the tanh-approximated GELU (constants as in the reference)."""
-    tanh_out = torch.tanh(0.79788456 * x * (1 + 0.044715 * x * x))
-    return 0.5 * x * ((1 - tanh_out * tanh_out) * (0.79788456 + 0.1070322243 * x * x)) + 0.5 * (1 + tanh_out)
 
 
 def apply_rotary_interleaved(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -306,10 +301,10 @@ class TTTBase(nn.Module):
 
     # ---- helpers ---------------------------------------------------------------------------------------------
 
-    def _initial_state(self, batch_size: int) -> TTTState:
+    def _initial_state(self, batch_size: int, dtype: torch.dtype = torch.float32) -> TTTState:
         state: TTTState = {}
         for name in self.inner_param_names:
-            state[name] = getattr(self, name).float().repeat(batch_size, 1, 1)  # [H, a, b] -> [BH, a, b]
+            state[name] = getattr(self, name).to(dtype).repeat(batch_size, 1, 1)  # [H, a, b] -> [BH, a, b]
             state[f"{name}_grad"] = None
         return state
 
@@ -334,7 +329,10 @@ class TTTBase(nn.Module):
     def _ln_l2_bwd(self, z: torch.Tensor, gt: torch.Tensor, gamma2: torch.Tensor) -> torch.Tensor:
         """``ln_fused_l2_bwd`` with gamma^2 and gamma * (beta - target) precomputed outside the loop (fewer ops)."""
         d = z.shape[-1]
-        x_hat, _, rstd = torch.native_layer_norm(z, (d,), None, None, 1e-6)
+        # (not torch.native_layer_norm: autograd ignores the gradient flowing into its rstd output)
+        var, mu = torch.var_mean(z, dim=-1, keepdim=True, correction=0)
+        rstd = torch.rsqrt(var + 1e-6)
+        x_hat = (z - mu) * rstd
         grad_x_hat = torch.addcmul(gt, gamma2, x_hat)  # gamma * (gamma * x_hat + beta - target)
         s1 = grad_x_hat.sum(dim=-1, keepdim=True)
         s2 = (grad_x_hat * x_hat).sum(dim=-1, keepdim=True)
@@ -354,11 +352,11 @@ class TTTBase(nn.Module):
         """Mini-batch TTT over L tokens. xq/xk/xv [BH,L,d], lr [BH,L], tau [BH|1,L] -> Z [BH,L,d], state."""
         BH, L, d = xq.shape
         H, K = self.num_heads, self.mini_batch_size
-        gamma = self.ttt_norm_weight.float().repeat(BH // H, 1)[:, None]  # [BH, 1, d]
-        beta = self.ttt_norm_bias.float().repeat(BH // H, 1)[:, None]
+        gamma = self.ttt_norm_weight.to(xq.dtype).repeat(BH // H, 1)[:, None]  # [BH, 1, d]
+        beta = self.ttt_norm_bias.to(xq.dtype).repeat(BH // H, 1)[:, None]
         gamma2 = gamma * gamma
         gt = gamma * (beta - (xv - xk))  # gamma * (beta - residual target)  [BH, L, d]
-        consts = {"gamma2": gamma2, "one": torch.ones((), device=xq.device)}
+        consts = {"gamma2": gamma2, "one": torch.ones((), device=xq.device, dtype=xq.dtype)}
 
         # Split [0, L) into spans of N equal mini-batches (s tokens each) aligned with the mini-batch grid.
         spans: list[tuple[int, int, int, bool | torch.Tensor]] = []  # (start, N, s, closes the mini-batch)
@@ -465,33 +463,34 @@ class TTTBase(nn.Module):
             "blc,hc->bhl", hidden_states, self.learnable_ttt_lr_weight[:, 0].to(hidden_states)
         )
 
-        # The inner loop runs in float32, also under autocast.
+        # The inner loop runs in float32 (at least), also under autocast.
+        dt = torch.promote_types(hidden_states.dtype, torch.float32)
         with torch.autocast(hidden_states.device.type, enabled=False):
             # [B, L, C] -> [B, H, L, d]
-            xq, xk, xv = (t.float().unflatten(-1, (H, d)).transpose(1, 2) for t in (xq, xk, xv))
+            xq, xk, xv = (t.to(dt).unflatten(-1, (H, d)).transpose(1, 2) for t in (xq, xk, xv))
 
             # RoPE on Q and K with the in-mini-batch position (t mod K).
             inv_freq = 1.0 / (
-                self.config.rope_theta ** (torch.arange(0, d, 2, device=xq.device, dtype=torch.float32) / d)
+                self.config.rope_theta ** (torch.arange(0, d, 2, device=xq.device, dtype=dt) / d)
             )
-            angles = info.pos[:, None, :, None].float() * inv_freq  # [B|1, 1, L, d/2]
+            angles = info.pos[:, None, :, None].to(dt) * inv_freq  # [B|1, 1, L, d/2]
             cos, sin = angles.cos(), angles.sin()
             xq, xk = apply_rotary_interleaved(xq, cos, sin), apply_rotary_interleaved(xk, cos, sin)
 
-            lr = torch.sigmoid(lr_logits.float() + self.learnable_ttt_lr_bias.float()[None])
+            lr = torch.sigmoid(lr_logits.to(dt) + self.learnable_ttt_lr_bias.to(dt)[None])
             lr = lr * (self.config.ttt_base_lr / d)
             if info.valid is not None:
                 lr = lr * info.valid[:, None, :]
 
             # Per-position scale tau_i = max(0, 1/(i+1) + learnable_token_idx[i]).
-            base = 1.0 / torch.arange(1, K + 1, device=xq.device, dtype=torch.float32)
-            tau_table = torch.clamp_min(base + self.learnable_token_idx.float(), 0.0)  # [K]
+            base = 1.0 / torch.arange(1, K + 1, device=xq.device, dtype=dt)
+            tau_table = torch.clamp_min(base + self.learnable_token_idx.to(dt), 0.0)  # [K]
             tau = tau_table[info.pos]  # [B|1, L]
             tau = tau.repeat_interleave(H, dim=0) if tau.shape[0] > 1 else tau  # [BH|1, L]
 
             state = cache.ttt_states[self.layer_idx] if cache is not None else None
             if state is None:
-                state = self._initial_state(B)
+                state = self._initial_state(B, dt)
             else:  # cached as [B, H, ...]
                 state = {k: (v.flatten(0, 1) if v is not None else None) for k, v in state.items()}
             # heads folded into the batch: [B, H, L, d] -> [BH, L, d]
@@ -512,7 +511,7 @@ class TTTBase(nn.Module):
 
             # Output: residual of f, out = q + LN(f_W(q)).  [B, H, L, d] -> [B, L, C]
             z = F.layer_norm(z.unflatten(0, (B, H)), (d,), eps=1e-6)
-            out = xq + z * self.ttt_norm_weight.float()[:, None] + self.ttt_norm_bias.float()[:, None]
+            out = xq + z * self.ttt_norm_weight.to(dt)[:, None] + self.ttt_norm_bias.to(dt)[:, None]
             out = out.transpose(1, 2).reshape(B, L, C).to(hidden_states.dtype)
         out = self.post_norm(out)
         if self.use_gate:
@@ -859,6 +858,11 @@ class TTTForCausalLM(TTTPreTrainedModel, GenerationMixin):
         self.vocab_size = config.vocab_size
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
+        # Official configs say `use_cache: false` (meaning: forward returns no cache by default). Without a cache,
+        # generate() would re-read the whole prefix at every step, so decoding uses the recurrent cache anyway;
+        # `generate(..., use_cache=False)` still turns it off.
+        if self.generation_config is not None:
+            self.generation_config.use_cache = True
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.model.embed_tokens

@@ -1,0 +1,79 @@
+"""The multi-domain 3-class sentiment mixture of the stratified comparison, as `strata train` flags.
+
+Why a module: the real comparison and its tests must train on exactly the same sources, splits and rates,
+and the docs must be able to name them; one definition here is expanded to ordinary mixture flags
+(``--datasets ... --dataset_configs ... --train_splits ... --eval_splits ... --mixture_rates ...``), so every
+run folder's args.json still records the data explicitly.
+
+Every source is in the shared hub mirror. Label words are harmonised by the registry (negative / neutral /
+positive; Twitter financial news bearish -> negative, bullish -> positive); the binary movie sets keep their
+two words. Each example carries its source's ``domain`` tag (the synthetic set: ``synthetic:<planted domain>``).
+
+Notes on individual sources:
+- TweetEval sentiment: the mirror has no train split, so training uses ``test[:10000]`` and evaluation the
+  official validation split (disjoint from test).
+- Financial PhraseBank ``sentences_50agree`` has one split; the registry carves a fixed seeded 90/10 slice
+  (seed 0, independent of the run seed) so training and evaluation never share a sentence.
+- IMDB is a 2,500/2,500 subset in the mirror; reviews average ~1,300 characters, so with a byte-level
+  tokenizer and ``--max_length 256`` the prompt is truncated from the left and only the end of each review
+  (plus the "Sentiment:" cue) is seen. That is a property of this budget, not a bug; see docs/results/README.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from strata.errors import StrataError
+
+NAME = "multidomain"
+
+
+@dataclass(frozen=True)
+class Source:
+    """One mixture component: registry id, config, and its own train / eval splits (None: the spec's)."""
+
+    dataset: str
+    config: str | None
+    train_split: str | None
+    eval_split: str | None
+    note: str = ""
+
+
+SOURCES: tuple[Source, ...] = (
+    Source("nyu-mll/glue", "sst2", "train", "validation", "test labels are hidden"),
+    Source("cornell-movie-review-data/rotten_tomatoes", None, "train", "validation"),
+    Source("stanfordnlp/imdb", None, "train", "test", "2,500/2,500 subset; no validation split"),
+    Source("cardiffnlp/tweet_eval", "sentiment", "test[:10000]", "validation", "no train split in the mirror"),
+    Source("zeroshot/twitter-financial-news-sentiment", None, "train", "validation", "bearish/bullish mapped"),
+    Source("takala/financial_phrasebank", "sentences_50agree", None, None, "seeded 90/10 carve of its only split"),
+    Source("strata/synthetic-strata", None, "train", "validation", "planted strata (known domain)"),
+)
+
+
+def _word(value: str | None) -> str:
+    return "None" if value is None else value
+
+
+def mixture_flags(sources: tuple[Source, ...] = SOURCES, rates: list[float] | None = None) -> list[str]:
+    """`strata train` flags for the mixture; equal rates unless given (one per source, summing to 1)."""
+    n = len(sources)
+    if rates is None:
+        rates = [1.0 / n] * n
+    if len(rates) != n:
+        raise StrataError(f"the {NAME} mixture has {n} sources but {len(rates)} rates were given")
+    return [
+        "--datasets", *[s.dataset for s in sources],
+        "--dataset_configs", *[_word(s.config) for s in sources],
+        "--train_splits", *[_word(s.train_split) for s in sources],
+        "--eval_splits", *[_word(s.eval_split) for s in sources],
+        "--mixture_rates", *[repr(float(r)) for r in rates],
+    ]
+
+
+def describe() -> str:
+    """A markdown table of the sources, for results.md."""
+    lines = ["| source | config | train split | eval split | note |", "|---|---|---|---|---|"]
+    for s in SOURCES:
+        lines.append(f"| {s.dataset} | {s.config or '-'} | {s.train_split or 'spec default'} | "
+                     f"{s.eval_split or 'spec default'} | {s.note or '-'} |")
+    return "\n".join(lines)
