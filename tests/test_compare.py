@@ -7,13 +7,13 @@ from collections import Counter
 
 import datasets
 import pytest
+from helpers import run_strata
 
 from strata.config import parse_run_config
 from strata.errors import StrataError
 from strata.experiments import compare
 from strata.experiments.multidomain import SOURCES, mixture_flags
 from strata.training.run import token_budget
-from tests.helpers import run_strata
 
 TINY = ["--dataset", "synthetic", "--max_length", "64", "--per_device_train_batch_size", "4",
         "--max_eval_examples", "15", "--eval_steps", "0", "--warmup_steps", "0", "--precision", "fp32",

@@ -65,9 +65,18 @@ class PlannedRun:
     argv: list[str] = field(default_factory=list)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad compare flag as a one-line StrataError instead of exiting."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise StrataError(f"strata compare: {message}; see `strata compare --help`")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    # allow_abbrev=False: forwarded training flags (--model, --seed) must not match --model_size, --seeds.
+    parser = _Parser(
         prog="strata compare",
+        allow_abbrev=False,
         description="Train every stratified variant x seed on the same data and budget, then report. "
         "Unknown flags are passed to `strata train` (see `strata train --help`).",
     )

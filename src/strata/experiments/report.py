@@ -208,9 +208,9 @@ def render_markdown(results: dict[str, Any], plots: list[str]) -> str:
                   "| arm | router NMI | null NMI | min p (NMI) | router purity | null purity | k-means NMI | "
                   "load entropy |", "|---|---|---|---|---|---|---|---|"]
         for arm, d in diag_arms.items():
-            def cell(key: str, scale: float = 1.0) -> str:
+            def cell(key: str, d: dict[str, Any] = d) -> str:
                 v = d.get(key, {}).get("mean")
-                return f"{v * scale:.3f}" if _finite(v) else "-"
+                return f"{v:.3f}" if _finite(v) else "-"
             lines.append(f"| {arm} | {cell('router_nmi_mean')} | {cell('router_nmi_null_mean')} | "
                          f"{cell('router_nmi_p_min')} | {cell('router_purity_mean')} | "
                          f"{cell('router_purity_null_mean')} | {cell('kmeans_nmi_mean')} | "
