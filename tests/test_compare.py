@@ -18,6 +18,8 @@ from strata.training.run import token_budget
 TINY = ["--dataset", "synthetic", "--max_length", "64", "--per_device_train_batch_size", "4",
         "--max_eval_examples", "15", "--eval_steps", "0", "--warmup_steps", "0", "--precision", "fp32",
         "--logging_steps", "1"]
+# 3 steps x 16 rows: every synthetic domain occurs in the training rows, so the floor needs no fallback.
+E2E = [*TINY, "--per_device_train_batch_size", "16"]
 
 
 def _plan(argv: list[str]):
@@ -104,7 +106,7 @@ def test_multidomain_flags_and_per_source_splits(hub_mirror):
 def test_compare_end_to_end_resumable(tmp_path, capsys):
     out, report = tmp_path / "cmp", tmp_path / "report"
     argv = ["compare", "--variants", "none,routing", "--seeds", "2", "--controls", "none", "--max_steps", "3",
-            "--output_dir", str(out), "--report_dir", str(report), *TINY]
+            "--output_dir", str(out), "--report_dir", str(report), *E2E]
     assert run_strata(*argv) == 0
     first = capsys.readouterr().out
     assert first.count("[compare]") >= 5 and " skip " not in first
@@ -123,16 +125,17 @@ def test_compare_end_to_end_resumable(tmp_path, capsys):
             for a in ("none", "routing") for s in (0, 1)]
     assert {a["data_seed"] for a in args} == {0} and sorted(a["seed"] for a in args) == [0, 0, 1, 1]
 
-    # The floor by hand: majority label per domain over the 3 x 4 training rows a run consumes.
+    # The floor by hand: majority label per domain over the 3 x 16 training rows a run consumes.
     from strata.data.pipeline import load_examples
 
-    cfg = parse_run_config([*TINY, "--data_seed", "0", "--max_steps", "3"])
+    cfg = parse_run_config([*E2E, "--data_seed", "0", "--max_steps", "3"])
     examples = load_examples(cfg.data, "sft", seed=0)
-    head = examples.train.select(range(12))
+    head = examples.train.select(range(48))
     by_domain: dict[str, Counter] = {}
     for d, y in zip(head["domain"], head["label"]):
         by_domain.setdefault(d, Counter())[y] += 1
     evaluation = examples.evals[0].dataset
+    assert set(evaluation["domain"]) <= set(by_domain)
     correct = sum(
         y == max(by_domain[d].items(), key=lambda kv: (kv[1], -kv[0]))[0]
         for d, y in zip(evaluation["domain"], evaluation["label"])

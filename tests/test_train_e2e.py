@@ -196,3 +196,23 @@ def test_rl_mode_on_gsm8k_runs_offline(tmp_path, hub_mirror):
     result = metrics(run)
     assert (run / "final" / "model.safetensors").exists()
     assert "rewards/math_answer/mean" in json.dumps(result)
+
+
+@pytest.mark.parametrize("mode", ["sft", "pretrain"])
+def test_ttt_and_stratified_presets_train_through_the_cli(tmp_path, mode):
+    for model in ("ttt-linear-tiny", "stratified-routing-tiny"):
+        runs = tmp_path / model
+        fast = [a if a != "llama-tiny" else model for a in FAST]
+        assert run_strata("train", *fast, "--mode", mode, "--max_steps", "2", "--runs_dir", runs) == 0
+        result = metrics(only_run(runs))
+        assert result["run"]["model_source"] == f"preset:{model}"
+        assert result["train"]["train_loss"] > 0
+
+
+def test_packing_trains_and_is_refused_for_ttt(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    assert run_strata("train", *FAST, "--max_steps", "2", "--use_packing", "--runs_dir", runs) == 0
+    assert only_run(runs).name.endswith("_packed")
+    fast = [a if a != "llama-tiny" else "ttt-linear-tiny" for a in FAST]
+    assert run_strata("train", *fast, "--max_steps", "2", "--use_packing", "--runs_dir", tmp_path / "t") == 2
+    assert "--use_packing" in capsys.readouterr().err

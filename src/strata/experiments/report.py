@@ -313,6 +313,8 @@ def plot_learning_curves(results: dict[str, Any], path: Path) -> Path | None:
                 ax.plot(steps, mean, color=color, linewidth=2, label=arm)
         ax.set_xlabel("step")
         ax.set_ylabel(tag)
+        if tag.endswith("loss"):  # the completion loss falls fast, then the interesting part is small
+            ax.set_yscale("log")
         ax.set_title(tag + " (thin: seeds, thick: mean)")
         ax.legend(fontsize=7)
     fig.tight_layout()

@@ -91,6 +91,7 @@ def _train_in_folder(config: RunConfig, examples: Examples, folder: RunFolder, c
 
         return run_rl(config, examples, loaded, folder, checkpoint, say)
 
+    check_packing_support(data_args.use_packing, loaded)
     tokenized = tokenize_examples(examples, loaded.tokenizer, loaded.kind, data_args, train_args.mode,
                                   train_args.data_order_seed(), rows_needed=_rows_needed(config, dist))
     trainer = build_trainer(config, examples, loaded, tokenized, folder, dist)
@@ -224,6 +225,17 @@ def build_trainer(config: RunConfig, examples: Examples, loaded: LoadedModel, to
         callbacks=callbacks,
         task_eval=task_eval,
     )
+
+
+def check_packing_support(use_packing: bool, loaded: LoadedModel) -> None:
+    """Packing relies on transformers' packed-sequence masks; a model without them would leak across examples."""
+    if not use_packing:
+        return
+    model = loaded.model.get_base_model() if hasattr(loaded.model, "get_base_model") else loaded.model
+    if loaded.kind != "causal" or not getattr(model, "_supports_attention_backend", False):
+        raise StrataError(f"--use_packing needs a decoder whose attention honours packed position_ids; "
+                          f"{model.config.model_type} does not (its state would leak across examples): "
+                          "drop --use_packing")
 
 
 def _rows_needed(config: RunConfig, dist: DistInfo) -> int | None:
