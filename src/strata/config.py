@@ -148,19 +148,23 @@ class TrainArguments:
         metadata={"help": "Seed for data order, mixing and evaluation subsets only (default: --seed); --seed "
                   "then seeds initialisation and dropout, so runs can share data but not init."},
     )
-    max_steps: int = field(default=300, metadata={"help": "Optimizer steps (-1: use --num_train_epochs)."})
+    max_steps: int = field(default=600, metadata={"help": "Optimizer steps (-1: use --num_train_epochs)."})
     num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs when --max_steps is -1."})
     per_device_train_batch_size: int = field(default=16, metadata={"help": "Batch size per device."})
     per_device_eval_batch_size: int = field(default=16, metadata={"help": "Evaluation batch size per device."})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
-    learning_rate: float = field(default=1e-3, metadata={"help": "Peak learning rate (sft/pretrain)."})
+    learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "Peak learning rate (sft/pretrain); default 3e-3 for models built from scratch, "
+                  "5e-5 for pretrained weights."},
+    )
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
     warmup_steps: int = field(default=20, metadata={"help": "Linear warm-up steps."})
     lr_scheduler_type: str = field(default="cosine", metadata={"help": "transformers scheduler name."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm."})
     dropout: float | None = field(default=None, metadata={"help": "Override the model's dropout (scratch models)."})
     logging_steps: int | None = field(default=None, metadata={"help": "Log every N steps (default: --eval_steps)."})
-    eval_steps: int = field(default=100, metadata={"help": "Evaluate every N steps (0: only at the end)."})
+    eval_steps: int = field(default=200, metadata={"help": "Evaluate every N steps (0: only at the end)."})
     eval_method: str = field(default="loglik", metadata={"help": "loglik (label likelihood) | generate."})
     save_steps: int = field(default=0, metadata={"help": "Checkpoint every N steps (0: no checkpoints)."})
     save_total_limit: int | None = field(default=2, metadata={"help": "Keep at most N checkpoints."})

@@ -13,6 +13,8 @@ def format_presets() -> str:
     rows = ["preset                        params      fp32 GiB  bf16 GiB  tokenizer  description"]
     for preset in all_presets().values():
         vocab = GPT2_VOCAB if preset.tokenizer == "gpt2" else BYTE_VOCAB
+        if preset.tokenizer.startswith("bpe:"):
+            vocab = int(preset.tokenizer.split(":")[1])
         config = preset.make_config(vocab)
         params = count_parameters_from_config(config, architecture_kind(config))
         mem = memory_estimate(params or 0)

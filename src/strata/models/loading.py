@@ -429,11 +429,14 @@ def load_for_training(args: ModelArguments, mirror: str | None, *, train_texts: 
     precision = resolve_precision(args.precision, device)
     attn = resolve_attention(args, device)
     preset, path, _init = resolve_model_source(args, mirror)
-    if args.train_tokenizer:
+    trained = args.train_tokenizer
+    if trained is None and args.tokenizer is None and preset is not None and preset.tokenizer.startswith("bpe:"):
+        trained = preset.tokenizer
+    if trained:
         if not train_texts or tokenizer_dir is None:
             raise StrataError("--train_tokenizer needs training text; it is trained on the training split")
-        tokenizer, tok_source = train_bpe_tokenizer(args.train_tokenizer, train_texts, tokenizer_dir), \
-            f"trained {args.train_tokenizer} on the training split"
+        tokenizer, tok_source = train_bpe_tokenizer(trained, train_texts, tokenizer_dir), \
+            f"trained {trained} on the training split"
     else:
         tokenizer, tok_source = load_tokenizer(args, path, preset, mirror)
     plan = plan_model(args, len(tokenizer), tokenizer, mirror, dropout=dropout)

@@ -155,7 +155,7 @@ def training_arguments(config: RunConfig, loaded: LoadedModel, folder: RunFolder
         per_device_train_batch_size=t.per_device_train_batch_size,
         per_device_eval_batch_size=t.per_device_eval_batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps,
-        learning_rate=t.learning_rate,
+        learning_rate=resolved_learning_rate(t.learning_rate, loaded.init),
         weight_decay=t.weight_decay,
         warmup_steps=t.warmup_steps,
         lr_scheduler_type=t.lr_scheduler_type,
@@ -227,6 +227,13 @@ def build_trainer(config: RunConfig, examples: Examples, loaded: LoadedModel, to
     )
 
 
+def resolved_learning_rate(requested: float | None, init: str) -> float:
+    """From-scratch tiny models want a large step; pretrained weights a fine-tuning one."""
+    if requested is not None:
+        return requested
+    return 3e-3 if init == "scratch" else 5e-5
+
+
 def check_packing_support(use_packing: bool, loaded: LoadedModel) -> None:
     """Packing relies on transformers' packed-sequence masks; a model without them would leak across examples."""
     if not use_packing:
@@ -293,6 +300,7 @@ def _run_summary(config: RunConfig, examples: Examples, loaded: LoadedModel, tok
     return {
         "tag": examples.tag, "family": examples.family, "sources": examples.sources,
         "model_source": loaded.source, "total_parameters": loaded.total_params,
+        "learning_rate": resolved_learning_rate(config.train.learning_rate, loaded.init),
         "trainable_parameters": loaded.trainable_params, "attention": loaded.attn_implementation,
         "device": loaded.device, "precision": loaded.precision, "world_size": dist.world_size,
         "token_budget": token_budget(config, dist.world_size), "train_rows": len(tokenized.train),
