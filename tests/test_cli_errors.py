@@ -130,3 +130,15 @@ def test_train_py_takes_exactly_the_flags_of_strata_train(tmp_path):
     assert expected <= flags
     with pytest.raises(StrataError, match="--mode"):
         parse_run_config(["--mode", "bogus"])
+
+
+def test_readme_documents_every_train_flag():
+    from conftest import REPO_ROOT
+
+    from strata.config import build_parser
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    flags = {opt for action in build_parser()._actions for opt in action.option_strings
+             if opt.startswith("--") and "-" not in opt[2:] and opt != "--help"}
+    missing = sorted(flag for flag in flags if not any(f"{c}{flag}" in readme for c in "` /"))
+    assert not missing, missing

@@ -216,3 +216,26 @@ def test_packing_trains_and_is_refused_for_ttt(tmp_path, capsys):
     fast = [a if a != "llama-tiny" else "ttt-linear-tiny" for a in FAST]
     assert run_strata("train", *fast, "--max_steps", "2", "--use_packing", "--runs_dir", tmp_path / "t") == 2
     assert "--use_packing" in capsys.readouterr().err
+
+
+def test_rl_starts_from_an_sft_run_with_lora(tmp_path):
+    assert run_strata("train", *FAST, "--max_steps", "3", "--runs_dir", tmp_path / "sft") == 0
+    final = only_run(tmp_path / "sft") / "final"
+    runs = tmp_path / "rl"
+    assert run_strata("train", "--mode", "rl", "--model", str(final), "--use_lora", "--lora_r", "4",
+                      "--max_steps", "2", "--per_device_train_batch_size", "2", "--max_completion_length", "8",
+                      "--max_prompt_length", "96", "--max_eval_examples", "2", "--eval_steps", "0",
+                      "--precision", "fp32", "--runs_dir", runs) == 0
+    run = only_run(runs)
+    assert run.name.endswith("_rl_bs2_len256_lora")
+    result = metrics(run)
+    assert "rewards/classification/mean" in json.dumps(result)
+    assert (run / "final" / "adapter_config.json").exists()
+
+
+def test_gradient_checkpointing_gives_the_same_training(tmp_path):
+    common = [*FAST, "--max_steps", "3", "--seed", "11"]
+    assert run_strata("train", *common, "--runs_dir", tmp_path / "plain") == 0
+    assert run_strata("train", *common, "--gradient_checkpointing", "--runs_dir", tmp_path / "ckpt") == 0
+    diff = max_weight_diff(final_weights(only_run(tmp_path / "plain")), final_weights(only_run(tmp_path / "ckpt")))
+    assert diff <= 1e-5, diff
