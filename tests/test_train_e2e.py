@@ -216,6 +216,7 @@ def test_packing_trains_and_is_refused_for_ttt(tmp_path, capsys):
     fast = [a if a != "llama-tiny" else "ttt-linear-tiny" for a in FAST]
     assert run_strata("train", *fast, "--max_steps", "2", "--use_packing", "--runs_dir", tmp_path / "t") == 2
     assert "--use_packing" in capsys.readouterr().err
+    assert not (tmp_path / "t").exists()  # refused before any run folder is written
 
 
 def test_rl_starts_from_an_sft_run_with_lora(tmp_path):

@@ -271,11 +271,25 @@ def resolve_model_source(args: ModelArguments, mirror: str | None) -> tuple[Pres
     return None, path, init
 
 
-def check_architecture(args: ModelArguments, mirror: str | None) -> None:
-    """Refuse encoder-only models from their config alone, before any data or weights load."""
+def check_architecture(args: ModelArguments, mirror: str | None, use_packing: bool = False) -> None:
+    """Refuse encoder-only models, and packing where it would leak, from the config alone (no data, no weights)."""
     preset, path, _init = resolve_model_source(args, mirror)
-    if preset is None and path is not None and Path(path).is_dir():
-        architecture_kind(AutoConfig.from_pretrained(path))
+    config = None
+    if preset is not None:
+        config = preset.make_config(384)  # the vocabulary size does not change the architecture class
+    elif path is not None and Path(path).is_dir():
+        config = AutoConfig.from_pretrained(path)
+    if config is None:
+        return
+    kind = architecture_kind(config)
+    if use_packing:
+        from transformers import MODEL_FOR_CAUSAL_LM_MAPPING
+
+        model_class = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(config), None) if kind == "causal" else None
+        if not getattr(model_class, "_supports_attention_backend", False):
+            raise StrataError(f"--use_packing needs a decoder whose attention honours packed position_ids; "
+                              f"{config.model_type} does not (its state would leak across examples): "
+                              "drop --use_packing")
 
 
 def plan_model(args: ModelArguments, vocab_size: int, tokenizer: PreTrainedTokenizerBase,

@@ -91,7 +91,6 @@ def _train_in_folder(config: RunConfig, examples: Examples, folder: RunFolder, c
 
         return run_rl(config, examples, loaded, folder, checkpoint, say)
 
-    check_packing_support(data_args.use_packing, loaded)
     tokenized = tokenize_examples(examples, loaded.tokenizer, loaded.kind, data_args, train_args.mode,
                                   train_args.data_order_seed(), rows_needed=_rows_needed(config, dist))
     trainer = build_trainer(config, examples, loaded, tokenized, folder, dist)
@@ -124,7 +123,7 @@ def preflight(config: RunConfig) -> None:
                               "drop --load_in_4bit/--load_in_8bit")
     if config.train.resume_from_checkpoint is None and config.train.output_dir:
         explicit_run_folder(config.train.output_dir, resuming=False)
-    check_architecture(config.model, config.data.hub_mirror)
+    check_architecture(config.model, config.data.hub_mirror, use_packing=config.data.use_packing)
 
 
 def _choose_folder(config: RunConfig, key: str, dist: DistInfo) -> tuple[RunFolder, Path | None]:
@@ -232,17 +231,6 @@ def resolved_learning_rate(requested: float | None, init: str) -> float:
     if requested is not None:
         return requested
     return 3e-3 if init == "scratch" else 5e-5
-
-
-def check_packing_support(use_packing: bool, loaded: LoadedModel) -> None:
-    """Packing relies on transformers' packed-sequence masks; a model without them would leak across examples."""
-    if not use_packing:
-        return
-    model = loaded.model.get_base_model() if hasattr(loaded.model, "get_base_model") else loaded.model
-    if loaded.kind != "causal" or not getattr(model, "_supports_attention_backend", False):
-        raise StrataError(f"--use_packing needs a decoder whose attention honours packed position_ids; "
-                          f"{model.config.model_type} does not (its state would leak across examples): "
-                          "drop --use_packing")
 
 
 def _rows_needed(config: RunConfig, dist: DistInfo) -> int | None:
