@@ -55,6 +55,14 @@ def sentiment_rows(n: int = 16) -> Dataset:
     return Dataset.from_list(rows)
 
 
+def small_trainer(tokenizer, output_dir, funcs, weights, **overrides):
+    """A one-step GRPO trainer on four rows; tests override only what they check."""
+    kwargs = dict(reward_funcs=funcs, reward_weights=weights, reward_model=None, output_dir=str(output_dir),
+                  max_steps=1, report_to=[], use_cpu=True)
+    kwargs.update(overrides)
+    return build_grpo_trainer(tiny_model(tokenizer), tokenizer, sentiment_rows(4), None, **kwargs)
+
+
 def test_prepare_keeps_reward_columns_and_truncates_left(tokenizer):
     data = prepare_rl_dataset(sentiment_rows(4), tokenizer, max_prompt_length=12, label_words=LABELS)
     assert set(data.column_names) == {"prompt", "label", "reference", "domain", "label_words"}
@@ -79,39 +87,13 @@ def test_prepare_needs_prompt_column(tokenizer):
 def test_batch_must_hold_whole_groups(tokenizer, tmp_path):
     funcs, weights = resolve_rewards(None, None, "classification", LABELS)
     with pytest.raises(StrataError, match="divisible by --grpo_group_size"):
-        build_grpo_trainer(
-            tiny_model(tokenizer),
-            tokenizer,
-            sentiment_rows(4),
-            None,
-            reward_funcs=funcs,
-            reward_weights=weights,
-            reward_model=None,
-            output_dir=str(tmp_path),
-            group_size=4,
-            per_device_train_batch_size=6,
-            max_steps=1,
-            report_to=[],
-            use_cpu=True,
-        )
+        small_trainer(tokenizer, tmp_path, funcs, weights, group_size=4, per_device_train_batch_size=6)
 
 
 def test_weights_must_match_rewards(tokenizer, tmp_path):
     funcs, _ = resolve_rewards(None, None, "classification", LABELS)
     with pytest.raises(StrataError, match="reward_weights"):
-        build_grpo_trainer(
-            tiny_model(tokenizer),
-            tokenizer,
-            sentiment_rows(4),
-            None,
-            reward_funcs=funcs,
-            reward_weights=[1.0, 2.0],
-            reward_model=None,
-            output_dir=str(tmp_path),
-            max_steps=1,
-            report_to=[],
-            use_cpu=True,
-        )
+        small_trainer(tokenizer, tmp_path, funcs, [1.0, 2.0])
 
 
 def test_grpo_smoke_two_steps(tokenizer, tmp_path):
@@ -193,34 +175,8 @@ def test_reward_model_is_added_last_with_its_weight(tokenizer, tmp_path):
     funcs, weights = resolve_rewards(
         ["classification"], None, "classification", LABELS, has_reward_model=True
     )
-    trainer = build_grpo_trainer(
-        tiny_model(tokenizer),
-        tokenizer,
-        sentiment_rows(4),
-        None,
-        reward_funcs=funcs,
-        reward_weights=weights,
-        reward_model=str(rm_dir),
-        output_dir=str(tmp_path / "out"),
-        beta=0.0,
-        max_steps=1,
-        per_device_train_batch_size=4,
-        report_to=[],
-        use_cpu=True,
-        bf16=False,
-    )
+    trainer = small_trainer(tokenizer, tmp_path / "out", funcs, weights, reward_model=str(rm_dir), beta=0.0,
+                            per_device_train_batch_size=4, bf16=False)
     assert len(trainer.reward_funcs) == 2 and trainer.reward_weights.tolist() == [1.0, 1.0]
     with pytest.raises(StrataError, match="reward_model"):
-        build_grpo_trainer(
-            tiny_model(tokenizer),
-            tokenizer,
-            sentiment_rows(4),
-            None,
-            reward_funcs=funcs,
-            reward_weights=None,
-            reward_model=str(tmp_path / "missing"),
-            output_dir=str(tmp_path / "out2"),
-            max_steps=1,
-            report_to=[],
-            use_cpu=True,
-        )
+        small_trainer(tokenizer, tmp_path / "out2", funcs, None, reward_model=str(tmp_path / "missing"))

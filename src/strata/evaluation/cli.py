@@ -25,11 +25,8 @@ class EvalArguments:
 
 
 def _model_folder(target: Path) -> Path:
-    """A run folder's final/ (or merged/ when LoRA was merged), else the folder itself."""
-    for name in ("final",):
-        if (target / name).is_dir():
-            return target / name
-    return target
+    """A run folder's final/ (a model, or LoRA adapters that name their base), else the folder itself."""
+    return target / "final" if (target / "final").is_dir() else target
 
 
 def run_eval(argv: list[str]) -> int:

@@ -8,7 +8,6 @@ so impossible combinations fail in a second with one clear line.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -500,5 +499,3 @@ def load_trained(path: str, mirror: str | None = None, device: str = "auto"):
     model.to(resolve_device(device)).eval()
     return model, tokenizer
 
-
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
