@@ -1,22 +1,32 @@
 # Strata: `make run` trains the embedded default job; `make test` runs the test suite.
-# Both create .venv and install Strata into it first.
+# Both create .venv and install Strata into it first, with the exact versions in constraints.txt.
 #
 # TORCH_SPEC chooses the PyTorch build. The default is the CPU build these machines install
 # from local disk in seconds; on a GPU machine use e.g.
-#   make run TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+#   make run TORCH_SPEC="torch==2.13.0 --extra-index-url https://download.pytorch.org/whl/cu128"
+# The lock pins the torch release (2.13.0), not the build: any +cpu/+cuXXX build of it satisfies it.
+#
+# make lock         re-resolve the newest releases pyproject.toml allows and rewrite constraints.txt
+# make test-latest  run the suite on the newest releases, ignoring the lock, in .venv-latest
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
+LOCK ?= constraints.txt
+EXTRAS ?= dev
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.strata-installed
+PIP_QUIET := --quiet --disable-pip-version-check
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup run test lint bench lock test-latest clean
 
-$(STAMP): pyproject.toml
+# The lock pins pip, setuptools and wheel too, and the editable install builds without isolation,
+# so no step of the install resolves a version on its own.
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install $(PIP_QUIET) -c $(LOCK) pip setuptools wheel
+	$(BIN)/python -m pip install $(PIP_QUIET) -c $(LOCK) $(TORCH_SPEC)
+	$(BIN)/python -m pip install $(PIP_QUIET) -c $(LOCK) --no-build-isolation -e ".[$(EXTRAS)]"
+	$(BIN)/python tools/lock.py check $(LOCK)
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -34,5 +44,26 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_packing.py
 	$(BIN)/python benchmarks/bench_ttt.py
 
+# A fresh venv with no constraints: pip takes the newest release of everything pyproject.toml allows
+# (torch stays TORCH_SPEC: the newest torch on PyPI is a multi-GB CUDA build).
+lock:
+	rm -rf .venv-lock
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install $(PIP_QUIET) --upgrade pip setuptools wheel
+	.venv-lock/bin/python -m pip install $(PIP_QUIET) $(TORCH_SPEC)
+	.venv-lock/bin/python -m pip install $(PIP_QUIET) -e ".[dev,quant]"
+	.venv-lock/bin/python tools/lock.py write $(LOCK)
+	rm -rf .venv-lock
+	@echo "now run: make clean test   (the suite must pass on the new lock before you commit it)"
+
+test-latest:
+	rm -rf .venv-latest
+	$(PYTHON) -m venv .venv-latest
+	.venv-latest/bin/python -m pip install $(PIP_QUIET) --upgrade pip setuptools wheel
+	.venv-latest/bin/python -m pip install $(PIP_QUIET) $(TORCH_SPEC)
+	.venv-latest/bin/python -m pip install $(PIP_QUIET) -e ".[$(EXTRAS)]"
+	.venv-latest/bin/python tools/lock.py diff $(LOCK)
+	HF_HUB_OFFLINE=1 .venv-latest/bin/python -m pytest tests
+
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-lock .venv-latest build *.egg-info src/*.egg-info .pytest_cache .ruff_cache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -32,3 +33,33 @@ def hub_mirror() -> Path:
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     return FIXTURES
+
+
+class _DeprecationRecorder(logging.Handler):
+    """Collects library log lines that announce a deprecation (transformers logs many instead of warning)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if "deprecat" in message.lower():
+            self.lines.append(f"{record.name}: {message}")
+
+
+LIBRARY_LOGGERS = ("transformers", "trl", "peft", "accelerate", "datasets", "huggingface_hub")
+
+
+@pytest.fixture(autouse=True)
+def no_deprecation_logged():
+    """The logged twin of pyproject's `error::FutureWarning`: a test whose calls make a library log a
+    deprecation fails, so the suite on `make test-latest` names the next breakage before a user meets it."""
+    recorder = _DeprecationRecorder()
+    loggers = [logging.getLogger(name) for name in LIBRARY_LOGGERS]
+    for logger in loggers:
+        logger.addHandler(recorder)
+    yield
+    for logger in loggers:
+        logger.removeHandler(recorder)
+    assert not recorder.lines, "deprecated API in use:\n" + "\n".join(recorder.lines)

@@ -90,11 +90,11 @@ def test_fixture_prefill_and_decode(fixture_model_and_io, prefix):
     L = ids.shape[1] - 3
     with torch.no_grad():
         out = model(input_ids=ids[:, :L], use_cache=True)
-        assert isinstance(out.past_key_values, TTTCache)
+        assert isinstance(out.cache, TTTCache)
         steps = [out.logits[:, -1]]
         for s in range(3):
             out = model(
-                input_ids=ids[:, L + s : L + s + 1], past_key_values=out.past_key_values, use_cache=True
+                input_ids=ids[:, L + s : L + s + 1], cache=out.cache, use_cache=True
             )
             steps.append(out.logits[:, -1])
     want = torch.cat([io[prefill_key][:, None], io[f"{prefix}_logits"]], dim=1)
@@ -109,7 +109,7 @@ def test_fixture_generate_uses_the_cache(fixture_model_and_io):
     with torch.no_grad():
         out = model.generate(ids, return_dict_in_generate=True, **kw)
         ref = model.generate(ids, use_cache=False, **kw)
-    assert isinstance(out.past_key_values, TTTCache) and out.past_key_values.get_seq_length() == 44
+    assert isinstance(out.cache, TTTCache) and out.cache.get_seq_length() == 44
     assert torch.equal(out.sequences, ref)
 
 
@@ -279,11 +279,11 @@ def test_cached_decoding_matches_full_forward(layer_type, backbone):
         # prefill 13 (inside a mini-batch), one token at a time, then a multi-token chunk crossing boundaries
         out = model(input_ids=ids[:, :13], use_cache=True)
         pieces = [out.logits]
-        cache = out.past_key_values
+        cache = out.cache
         for t in range(13, 20):
-            out = model(input_ids=ids[:, t : t + 1], past_key_values=cache, use_cache=True)
+            out = model(input_ids=ids[:, t : t + 1], cache=cache, use_cache=True)
             pieces.append(out.logits)
-        out = model(input_ids=ids[:, 20:45], past_key_values=cache, use_cache=True)
+        out = model(input_ids=ids[:, 20:45], cache=cache, use_cache=True)
         pieces.append(out.logits)
     assert cache.get_seq_length() == 45
     torch.testing.assert_close(torch.cat(pieces, 1), full, rtol=1e-4, atol=1e-4)
@@ -310,12 +310,12 @@ def test_left_padding_equals_unpadded(layer_type, backbone):
         torch.testing.assert_close(padded.logits[1, pad:], alone_short.logits[0], rtol=1e-4, atol=1e-4)
         # the padded row's cache continues exactly like the unpadded row's (rows now sit at different offsets)
         nxt = ids_for(2, 3, seed=4)
-        cache = padded.past_key_values
-        short_cache = alone_short.past_key_values
+        cache = padded.cache
+        short_cache = alone_short.cache
         for s in range(3):
             full_mask = torch.cat([mask, torch.ones(2, s + 1, dtype=torch.long)], 1)
-            step = model(input_ids=nxt[:, s : s + 1], attention_mask=full_mask, past_key_values=cache)
-            ref = model(input_ids=nxt[1:, s : s + 1], past_key_values=short_cache, use_cache=True)
+            step = model(input_ids=nxt[:, s : s + 1], attention_mask=full_mask, cache=cache)
+            ref = model(input_ids=nxt[1:, s : s + 1], cache=short_cache, use_cache=True)
             torch.testing.assert_close(step.logits[1], ref.logits[0], rtol=1e-4, atol=1e-4)
 
 
@@ -384,7 +384,7 @@ def test_bf16_forward():
     with torch.no_grad():
         out = model(input_ids=ids, labels=ids, use_cache=True)
         ref = make_model("mlp", "mamba")(input_ids=ids).logits
-        nxt = model(input_ids=ids[:, :1], past_key_values=out.past_key_values)
+        nxt = model(input_ids=ids[:, :1], cache=out.cache)
     assert out.logits.dtype == torch.float32 and torch.isfinite(out.logits).all() and torch.isfinite(out.loss)
     assert torch.isfinite(nxt.logits).all()
     assert (out.logits - ref).abs().mean() < 0.1 * ref.abs().mean()

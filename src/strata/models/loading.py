@@ -467,7 +467,7 @@ def load_for_training(args: ModelArguments, mirror: str | None, *, train_texts: 
     if args.gradient_checkpointing:
         if not model.supports_gradient_checkpointing:
             raise StrataError(f"{model.config.model_type} does not support gradient checkpointing; drop the flag")
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     if args.use_lora:
         model = apply_lora(model, args, plan.kind)

@@ -54,7 +54,7 @@ class StratifiedConfig(PreTrainedConfig):
 
     model_type = "stratified"
     keys_to_ignore_at_inference = [
-        "past_key_values",
+        "cache",
         "aux_loss",
         "router_logits",
         "stratum_probs",

@@ -345,7 +345,7 @@ class StratifiedAttention(nn.Module):
         hidden_states: torch.Tensor,
         position_embeddings: tuple[torch.Tensor, torch.Tensor],
         attention_mask: torch.Tensor | None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         stratum_weights: torch.Tensor | None = None,
     ) -> torch.Tensor:
         input_shape = hidden_states.shape[:-1]  # [B, T]
@@ -355,8 +355,8 @@ class StratifiedAttention(nn.Module):
         v = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
         cos, sin = position_embeddings
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
-        if past_key_values is not None:
-            k, v = past_key_values.update(k, v, self.layer_idx)
+        if cache is not None:
+            k, v = cache.update(k, v, self.layer_idx)
 
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
@@ -422,7 +422,7 @@ class StratifiedDecoderLayer(GradientCheckpointingLayer):
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None,
         position_embeddings: tuple[torch.Tensor, torch.Tensor],
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         input_ids: torch.LongTensor | None = None,
         stratum_ids: torch.LongTensor | None = None,
         token_mask: torch.Tensor | None = None,
@@ -440,7 +440,7 @@ class StratifiedDecoderLayer(GradientCheckpointingLayer):
             record.route = self.stratum_source(x, **source_kwargs)
         weights = record.route.weights if record.route is not None else None
         hidden_states = residual + self.self_attn(
-            x, position_embeddings, attention_mask, past_key_values, weights
+            x, position_embeddings, attention_mask, cache, weights
         )
 
         residual = hidden_states
@@ -475,7 +475,7 @@ class StratifiedPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules = ["StratifiedDecoderLayer"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["cache"]
     _supports_sdpa = True
     _supports_attention_backend = True
 
@@ -524,7 +524,7 @@ class StratifiedModel(StratifiedPreTrainedModel):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
@@ -543,9 +543,9 @@ class StratifiedModel(StratifiedPreTrainedModel):
         )
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)  # [B, T, H]
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.config)
-        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
+        past_length = cache.get_seq_length() if cache is not None else 0
         seq_len = inputs_embeds.shape[1]
         if position_ids is None:
             position_ids = torch.arange(past_length, past_length + seq_len, device=inputs_embeds.device)[None]
@@ -554,7 +554,7 @@ class StratifiedModel(StratifiedPreTrainedModel):
             config=self.config,
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
-            past_key_values=past_key_values,
+            cache=cache,
             position_ids=position_ids,
         )
         # tokens that count for the routers' aux-loss statistics: the non-padded current positions
@@ -571,7 +571,7 @@ class StratifiedModel(StratifiedPreTrainedModel):
                 hidden_states,
                 attention_mask=causal_mask,
                 position_embeddings=position_embeddings,
-                past_key_values=past_key_values,
+                cache=cache,
                 input_ids=input_ids,
                 stratum_ids=stratum_ids,
                 token_mask=token_mask,
@@ -593,7 +593,7 @@ class StratifiedModel(StratifiedPreTrainedModel):
             expert_logits = tuple(r.expert_logits for r in records)
         return StratifiedModelOutputWithPast(
             last_hidden_state=hidden_states,
-            past_key_values=past_key_values if use_cache else None,
+            cache=cache if use_cache else None,
             hidden_states=all_hidden,
             aux_loss=aux_loss,
             router_logits=router_logits,
@@ -622,7 +622,7 @@ class StratifiedForCausalLM(StratifiedPreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
@@ -642,7 +642,7 @@ class StratifiedForCausalLM(StratifiedPreTrainedModel, GenerationMixin):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
@@ -672,7 +672,7 @@ class StratifiedForCausalLM(StratifiedPreTrainedModel, GenerationMixin):
         return StratifiedCausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            cache=outputs.cache,
             hidden_states=outputs.hidden_states,
             aux_loss=outputs.aux_loss,
             router_logits=outputs.router_logits,

@@ -639,11 +639,11 @@ class TTTBlock(GradientCheckpointingLayer):
         self.seq_norm = TTTRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.ffn_norm = TTTRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
-    def forward(self, hidden_states: torch.Tensor, info: _SeqInfo, cache_params: TTTCache | None = None):
+    def forward(self, hidden_states: torch.Tensor, info: _SeqInfo, cache: TTTCache | None = None):
         if self.pre_conv:
-            hidden_states = hidden_states + self.conv(hidden_states, info, cache_params)
+            hidden_states = hidden_states + self.conv(hidden_states, info, cache)
         hidden_states = hidden_states + self.seq_modeling_block(
-            self.seq_norm(hidden_states), info, cache_params
+            self.seq_norm(hidden_states), info, cache
         )
         hidden_states = hidden_states + self.mlp(self.ffn_norm(hidden_states))
         return hidden_states
@@ -660,7 +660,7 @@ class TTTPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules = ["TTTBlock"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["cache"]
     # The recurrent state cannot be rolled back: no assisted generation.
     _is_stateful = True
 
@@ -717,7 +717,7 @@ class TTTModel(TTTPreTrainedModel):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: TTTCache | None = None,
+        cache: TTTCache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
@@ -733,7 +733,7 @@ class TTTModel(TTTPreTrainedModel):
             with the masked tokens deleted. Outputs at masked positions are unspecified (finite).
         position_ids: accepted for API compatibility and ignored. As in the reference, positions are implicit:
             a token's RoPE position and per-position scale come from the number of real tokens before it, mod K.
-        past_key_values ([`TTTCache`], *optional*): the state returned by a previous call (`use_cache=True`).
+        cache ([`TTTCache`], *optional*): the state returned by a previous call (`use_cache=True`).
         """
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
@@ -748,10 +748,9 @@ class TTTModel(TTTPreTrainedModel):
 
         if use_cache is None:
             use_cache = self.config.use_cache and not self.training
-        if self.gradient_checkpointing and self.training and (use_cache or past_key_values is not None):
+        if self.gradient_checkpointing and self.training and (use_cache or cache is not None):
             logger.warning_once("TTT: the cache is incompatible with gradient checkpointing; not using it.")
-            use_cache, past_key_values = False, None
-        cache = past_key_values
+            use_cache, cache = False, None
         if cache is None and use_cache:
             cache = TTTCache(self.config, B, device=inputs_embeds.device)
 
@@ -804,7 +803,7 @@ class TTTModel(TTTPreTrainedModel):
         for layer in self.layers:
             if output_hidden_states:
                 all_hidden_states += (unpack(hidden_states),)
-            hidden_states = layer(hidden_states, info=info, cache_params=cache)
+            hidden_states = layer(hidden_states, info=info, cache=cache)
         hidden_states = unpack(self.norm(hidden_states))
         if output_hidden_states:
             all_hidden_states += (hidden_states,)
@@ -813,7 +812,7 @@ class TTTModel(TTTPreTrainedModel):
             cache.seen_tokens = cache.seen_tokens + n_valid
             cache.seqlen_offset += L
         out = BaseModelOutputWithPast(
-            last_hidden_state=hidden_states, past_key_values=cache, hidden_states=all_hidden_states
+            last_hidden_state=hidden_states, cache=cache, hidden_states=all_hidden_states
         )
         return out if return_dict else out.to_tuple()
 
@@ -829,7 +828,7 @@ class TTTModel(TTTPreTrainedModel):
             self(
                 inputs_embeds=inputs_embeds[:, t : t + 1],
                 attention_mask=None if mask is None else mask[:, t : t + 1],
-                past_key_values=cache,
+                cache=cache,
                 use_cache=True,
                 output_hidden_states=output_hidden_states,
                 return_dict=True,
@@ -841,7 +840,7 @@ class TTTModel(TTTPreTrainedModel):
             hidden = tuple(torch.cat(per_layer, dim=1) for per_layer in zip(*(o.hidden_states for o in outs)))
         out = BaseModelOutputWithPast(
             last_hidden_state=torch.cat([o.last_hidden_state for o in outs], dim=1),
-            past_key_values=cache,
+            cache=cache,
             hidden_states=hidden,
         )
         return out if return_dict else out.to_tuple()
@@ -881,7 +880,7 @@ class TTTForCausalLM(TTTPreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: TTTCache | None = None,
+        cache: TTTCache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
@@ -900,7 +899,7 @@ class TTTForCausalLM(TTTPreTrainedModel, GenerationMixin):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
@@ -920,7 +919,7 @@ class TTTForCausalLM(TTTPreTrainedModel, GenerationMixin):
         out = CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            cache=outputs.cache,
             hidden_states=outputs.hidden_states,
         )
         return out if return_dict else out.to_tuple()
