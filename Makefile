@@ -8,6 +8,7 @@
 #
 # make lock         re-resolve the newest releases pyproject.toml allows and rewrite constraints.txt
 # make test-latest  run the suite on the newest releases, ignoring the lock, in .venv-latest
+# make test-floor   run the suite on the lowest releases pyproject.toml allows, in .venv-floor (uv)
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
@@ -17,7 +18,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.strata-installed
 PIP_QUIET := --quiet --disable-pip-version-check
 
-.PHONY: setup run test lint bench lock test-latest clean
+.PHONY: setup run test lint bench lock test-latest test-floor clean
 
 # The lock pins pip, setuptools and wheel too, and the editable install builds without isolation,
 # so no step of the install resolves a version on its own.
@@ -65,5 +66,17 @@ test-latest:
 	.venv-latest/bin/python tools/lock.py diff $(LOCK)
 	HF_HUB_OFFLINE=1 .venv-latest/bin/python -m pytest tests
 
+# uv's lowest-direct resolution: each direct dependency at its floor, the rest as it resolves.
+# torch is held at TORCH_SPEC (installed by pip, which finds the local CPU build; uv would not).
+test-floor:
+	rm -rf .venv-floor
+	$(PYTHON) -m venv .venv-floor
+	.venv-floor/bin/python -m pip install $(PIP_QUIET) $(TORCH_SPEC) uv
+	.venv-floor/bin/python -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > .venv-floor/torch.txt
+	.venv-floor/bin/uv pip install --quiet --python .venv-floor/bin/python --resolution lowest-direct \
+		-c .venv-floor/torch.txt -e ".[$(EXTRAS)]"
+	.venv-floor/bin/python tools/lock.py diff $(LOCK)
+	HF_HUB_OFFLINE=1 .venv-floor/bin/python -m pytest tests
+
 clean:
-	rm -rf $(VENV) .venv-lock .venv-latest build *.egg-info src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-lock .venv-latest .venv-floor build *.egg-info src/*.egg-info .pytest_cache .ruff_cache
