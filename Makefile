@@ -47,21 +47,22 @@ bench: $(STAMP)
 
 # A fresh venv with no constraints: pip takes the newest release of everything pyproject.toml allows
 # (torch stays TORCH_SPEC: the newest torch on PyPI is a multi-GB CUDA build).
+define unlocked-venv
+	rm -rf $(1)
+	$(PYTHON) -m venv $(1)
+	$(1)/bin/python -m pip install $(PIP_QUIET) --upgrade pip setuptools wheel
+	$(1)/bin/python -m pip install $(PIP_QUIET) $(TORCH_SPEC)
+endef
+
 lock:
-	rm -rf .venv-lock
-	$(PYTHON) -m venv .venv-lock
-	.venv-lock/bin/python -m pip install $(PIP_QUIET) --upgrade pip setuptools wheel
-	.venv-lock/bin/python -m pip install $(PIP_QUIET) $(TORCH_SPEC)
+	$(call unlocked-venv,.venv-lock)
 	.venv-lock/bin/python -m pip install $(PIP_QUIET) -e ".[dev,quant]"
 	.venv-lock/bin/python tools/lock.py write $(LOCK)
 	rm -rf .venv-lock
 	@echo "now run: make clean test   (the suite must pass on the new lock before you commit it)"
 
 test-latest:
-	rm -rf .venv-latest
-	$(PYTHON) -m venv .venv-latest
-	.venv-latest/bin/python -m pip install $(PIP_QUIET) --upgrade pip setuptools wheel
-	.venv-latest/bin/python -m pip install $(PIP_QUIET) $(TORCH_SPEC)
+	$(call unlocked-venv,.venv-latest)
 	.venv-latest/bin/python -m pip install $(PIP_QUIET) -e ".[$(EXTRAS)]"
 	.venv-latest/bin/python tools/lock.py diff $(LOCK)
 	HF_HUB_OFFLINE=1 .venv-latest/bin/python -m pytest tests
