@@ -107,7 +107,7 @@ class ModelArguments:
         default=False, metadata={"help": "Shorthand for --attn_implementation flash_attention_2."}
     )
     precision: str = field(
-        default="auto", metadata={"help": "auto | bf16 | fp16 | fp32 (auto: bf16 on CUDA with bf16, else fp16; fp32 on CPU)."}
+        default="auto", metadata={"help": "auto | bf16 | fp16 | fp32 (auto: bf16 on CUDA with bf16, else fp16; on CPU bf16 with AMX, else fp32)."}
     )
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations to save memory."})
     load_in_4bit: bool = field(default=False, metadata={"help": "Load weights in 4-bit (bitsandbytes, CUDA)."})
