@@ -64,6 +64,16 @@ def test_fp16_on_cpu_is_refused(capsys):
     assert "fp16" in line
 
 
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--nan_policy", "ignore"], "--nan_policy 'ignore' is not one of stop, skip_step"),
+    (["--nan_policy", "skip_step", "--nan_skip_limit", "0"], "--nan_skip_limit 0 must be at least 1"),
+])
+def test_bad_nan_policy_flags_are_refused(capsys, tmp_path, args, expected):
+    line = _one_line_error(capsys, "train", *args, "--runs_dir", str(tmp_path / "runs"))
+    assert expected in line
+    assert not (tmp_path / "runs").exists()
+
+
 def test_existing_output_dir_is_not_reused(capsys, tmp_path):
     out = tmp_path / "run"
     out.mkdir()

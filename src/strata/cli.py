@@ -1,7 +1,8 @@
 """``strata`` command line: train, eval, datasets, models, compare, bench.
 
 Subcommand flags are dataclasses parsed by transformers' HfArgumentParser (see strata.config);
-this module only dispatches, and turns a ``StrataError`` into one line and exit code 2.
+this module only dispatches, and turns a ``StrataError`` into one line and its exit code (2 for bad input,
+1 for a run that failed, e.g. diverged).
 """
 
 from __future__ import annotations
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[command](rest)
     except StrataError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return error.exit_code
 
 
 def train_main() -> int:

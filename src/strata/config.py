@@ -177,6 +177,14 @@ class TrainArguments:
         default=None, metadata={"help": "Stop after N evaluations without improvement."}
     )
     dataloader_num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes."})
+    nan_policy: str = field(
+        default="stop",
+        metadata={"help": "A non-finite loss or gradient: stop (drop that update, end the run, exit 1, no final/) "
+                  "| skip_step (drop that update and go on; stop after --nan_skip_limit in a row)."},
+    )
+    nan_skip_limit: int = field(
+        default=3, metadata={"help": "With --nan_policy skip_step: non-finite steps in a row that end the run."}
+    )
     # Reinforcement learning (GRPO through TRL).
     reward_funcs: list[str] | None = field(
         default=None, metadata={"help": "Comma or space separated reward names (default: by task family)."}
@@ -335,6 +343,10 @@ def validate(config: RunConfig) -> None:
         raise StrataError("--merge_lora needs --use_lora")
     if t.load_best_model_at_end and not t.save_steps:
         raise StrataError("--load_best_model_at_end needs checkpoints: pass --save_steps (a multiple of --eval_steps)")
+    if t.nan_policy not in ("stop", "skip_step"):
+        raise StrataError(f"--nan_policy {t.nan_policy!r} is not one of stop, skip_step")
+    if t.nan_skip_limit < 1:
+        raise StrataError(f"--nan_skip_limit {t.nan_skip_limit} must be at least 1")
     if t.early_stopping_patience is not None and not t.eval_steps:
         raise StrataError("--early_stopping_patience needs periodic evaluation: pass --eval_steps N")
     if d.datasets is not None:

@@ -549,6 +549,7 @@ def run_rl(config: Any, examples: Any, loaded: Any, folder: Any, checkpoint: Any
 
     from strata.training.callbacks import RunMetadataCallback
     from strata.training.distributed import dist_info
+    from strata.training.guards import NonFiniteGuard, stop_diverged
     from strata.training.run import RunResult, _metadata, save_final
 
     t = config.train
@@ -572,7 +573,8 @@ def run_rl(config: Any, examples: Any, loaded: Any, folder: Any, checkpoint: Any
     )
 
     writer = None
-    callbacks: list[TrainerCallback] = []
+    guard = NonFiniteGuard(policy=t.nan_policy, skip_limit=t.nan_skip_limit)
+    callbacks: list[TrainerCallback] = [guard]
     if dist.is_main:
         from torch.utils.tensorboard import SummaryWriter
 
@@ -620,11 +622,16 @@ def run_rl(config: Any, examples: Any, loaded: Any, folder: Any, checkpoint: Any
         activation_checkpointing=config.model.gradient_checkpointing,
         dataloader_num_workers=t.dataloader_num_workers,
         logging_first_step=True,
+        logging_nan_inf_filter=False,  # a NaN loss is logged as NaN
     )
     train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    if guard.divergence is not None:
+        stop_diverged(guard, folder, dist.is_main, train_output.metrics)
     final_eval = trainer.evaluate() if eval_dataset is not None else {}
     samples = trainer.strata_samples_callback.history
     metrics: dict[str, Any] = {
+        "status": "completed",
+        "nonfinite_skips": guard.skipped,
         "train": dict(train_output.metrics),
         "eval": final_eval,
         "rl": summarise_rl_logs(trainer.state.log_history),

@@ -19,7 +19,7 @@ from transformers.integrations import TensorBoardCallback
 
 from strata.config import RunConfig
 from strata.data.pipeline import Examples, load_examples, tokenize_examples
-from strata.errors import StrataError
+from strata.errors import RunFailed, StrataError
 from strata.models.loading import (
     LoadedModel,
     check_architecture,
@@ -30,6 +30,7 @@ from strata.models.loading import (
 )
 from strata.training.callbacks import RunMetadataCallback
 from strata.training.distributed import DistInfo, broadcast_object, dist_info
+from strata.training.guards import NonFiniteGuard, all_finite, stop_diverged
 from strata.training.run_folder import (
     RunFolder,
     detach_log_file,
@@ -95,9 +96,13 @@ def _train_in_folder(config: RunConfig, examples: Examples, folder: RunFolder, c
                                   train_args.data_order_seed(), rows_needed=_rows_needed(config, dist))
     trainer = build_trainer(config, examples, loaded, tokenized, folder, dist)
     train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    if trainer.nan_guard.divergence is not None:
+        stop_diverged(trainer.nan_guard, folder, dist.is_main, train_output.metrics)
     final_metrics = trainer.evaluate() if (tokenized.eval is not None or trainer.task_eval) else {}
 
     metrics: dict[str, Any] = {
+        "status": "completed",
+        "nonfinite_skips": trainer.nan_guard.skipped,
         "train": dict(train_output.metrics),
         "eval": final_metrics,
         "task_eval": trainer.task_eval_details(),
@@ -161,6 +166,7 @@ def training_arguments(config: RunConfig, loaded: LoadedModel, folder: RunFolder
         max_grad_norm=t.max_grad_norm,
         logging_steps=logging_steps,
         logging_first_step=True,
+        logging_nan_inf_filter=False,  # a NaN loss is logged as NaN, not replaced by the running average
         eval_strategy="steps" if (eval_steps and has_eval) else "no",
         eval_steps=eval_steps,
         save_strategy="steps" if t.save_steps else "no",
@@ -223,6 +229,7 @@ def build_trainer(config: RunConfig, examples: Examples, loaded: LoadedModel, to
         processing_class=loaded.tokenizer,
         callbacks=callbacks,
         task_eval=task_eval,
+        nan_guard=NonFiniteGuard(policy=t.nan_policy, skip_limit=t.nan_skip_limit),
     )
 
 
@@ -270,6 +277,9 @@ def _metadata(config: RunConfig, examples: Examples, loaded: LoadedModel,
 def save_final(trainer: StrataTrainer, loaded: LoadedModel, folder: RunFolder, model_args) -> None:
     """final/: the model (or LoRA adapters) + tokenizer; merged/: the merged LoRA model when asked."""
     model = trainer.accelerator.unwrap_model(trainer.model)
+    if not all_finite(model):
+        raise RunFailed(f"the trained weights contain NaN/inf; nothing was written to {folder.final} "
+                        "(lower --learning_rate and train again)")
     if model_args.use_lora and loaded.init == "scratch":
         # A scratch base exists only in memory: keep it beside the adapters so final/ can be reloaded.
         base_dir = folder.root / "base_model"

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from transformers import Trainer
 
+from strata.training.guards import NonFiniteGuard
+
 logger = logging.getLogger(__name__)
 
 
@@ -36,8 +38,11 @@ def scalar_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float
 class StrataTrainer(Trainer):
     """Trainer whose ``evaluate`` adds task metrics computed by :mod:`strata.evaluation`."""
 
-    def __init__(self, *args, task_eval: list[dict[str, Any]] | None = None, **kwargs) -> None:
+    def __init__(self, *args, task_eval: list[dict[str, Any]] | None = None,
+                 nan_guard: NonFiniteGuard | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        self.nan_guard = nan_guard or NonFiniteGuard()
+        self.add_callback(self.nan_guard)
         # task_eval: one dict per evaluation source: name, dataset (formatted), family, label_words,
         # method, batch_size, max_length, max_examples.
         self.task_eval = task_eval or []
@@ -54,9 +59,16 @@ class StrataTrainer(Trainer):
             self._aux_losses.append(float(aux.detach().float().mean()))
         return (loss, outputs) if return_outputs else loss
 
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        self.nan_guard.observe_loss(loss)
+        return loss
+
     # --- logging ----------------------------------------------------------------------------
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "loss" in logs:  # a training log: add throughput and router aux loss
+        if "loss" in logs:  # a training log: add throughput, router aux loss, skipped non-finite steps
+            if self.nan_guard.skipped:
+                logs["nonfinite_skips"] = self.nan_guard.skipped
             now = time.perf_counter()
             tokens = int(self.state.num_input_tokens_seen or 0)
             if self._last_log_time is not None and now > self._last_log_time:
