@@ -126,3 +126,29 @@ def test_rl_mode_is_guarded_too(monkeypatch, tmp_path, capsys):
     assert code == 1 and line.startswith("error: training diverged at step 2"), line
     assert metrics(only_run(runs))["status"] == "diverged"
     assert not (only_run(runs) / "final").exists()
+
+
+def _guard_step(guard, fp16: bool, loss: float):
+    from types import SimpleNamespace
+
+    from transformers import TrainerControl, TrainerState
+
+    model = torch.nn.Linear(2, 1)
+    model.weight.grad = torch.full_like(model.weight, float("inf"))
+    guard.observe_loss(torch.tensor(loss))
+    control = guard.on_pre_optimizer_step(SimpleNamespace(fp16=fp16), TrainerState(), TrainerControl(), model=model)
+    return control, model
+
+
+def test_fp16_leaves_inf_gradients_to_the_loss_scaler():
+    from strata.training.guards import NonFiniteGuard
+
+    guard = NonFiniteGuard()
+    control, model = _guard_step(guard, fp16=True, loss=1.0)
+    assert guard.divergence is None and not control.should_training_stop
+    assert model.weight.grad is not None  # the scaler, not the guard, decides about this step
+    control, _ = _guard_step(guard, fp16=False, loss=1.0)
+    assert guard.divergence is not None and control.should_training_stop
+    fp16_nan_loss = NonFiniteGuard()
+    _guard_step(fp16_nan_loss, fp16=True, loss=float("nan"))
+    assert fp16_nan_loss.divergence is not None

@@ -52,7 +52,10 @@ class NonFiniteGuard(TrainerCallback):
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
         params = [p for p in model.parameters() if p.grad is not None] if model is not None else []
-        grads_finite = bool(torch.stack([torch.isfinite(p.grad).all() for p in params]).all()) if params else True
+        # fp16: an inf gradient is the loss scaler's business (it skips that step and lowers the scale),
+        # so only a non-finite loss counts there.
+        check_grads = bool(params) and not getattr(args, "fp16", False)
+        grads_finite = bool(torch.stack([torch.isfinite(p.grad).all() for p in params]).all()) if check_grads else True
         bad = _any_rank(self._loss_not_finite or not grads_finite)
         loss_bad = self._loss_not_finite
         self._loss_not_finite = False
