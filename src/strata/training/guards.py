@@ -27,7 +27,6 @@ from strata.errors import RunFailed
 from strata.training.run_folder import RunFolder
 
 logger = logging.getLogger(__name__)
-NAN_POLICIES = ("stop", "skip_step")
 
 
 @dataclass
