@@ -130,15 +130,47 @@ def explicit_run_folder(output_dir: str, resuming: bool) -> RunFolder:
     return RunFolder(folder)
 
 
-def latest_checkpoint(folder: Path) -> Path | None:
-    """The checkpoint with the highest step in ``folder/checkpoints`` (or ``folder`` itself)."""
-    candidates = []
+def checkpoint_step(path: Path) -> int:
+    return int(path.name.split("-")[-1])
+
+
+def checkpoint_is_complete(path: Path) -> bool:
+    """Whether a Trainer checkpoint was written to the end.
+
+    Trainer writes `trainer_state.json` last, after the weights, optimizer, scheduler, scaler and RNG states
+    (transformers' `Trainer._save_checkpoint`; tests/test_crash_safety.py kills a save at two points to keep
+    this true), so a save killed part-way leaves that file missing or truncated.
+    """
+    try:
+        state = json.loads((path / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(state, dict):
+        return False
+    suffix = path.name.split("-")[-1]
+    return not suffix.isdigit() or state.get("global_step") == int(suffix)
+
+
+def _checkpoints(folder: Path) -> list[Path]:
+    """checkpoint-N folders in ``folder/checkpoints`` (or ``folder`` itself), oldest first."""
+    found = []
     for parent in (folder / "checkpoints", folder):
         if parent.is_dir():
-            candidates += [p for p in parent.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
-    if not candidates:
-        return None
-    return max(candidates, key=lambda p: int(p.name.split("-")[-1]))
+            found += [p for p in parent.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    return sorted(found, key=checkpoint_step)
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    """The complete checkpoint with the highest step; incomplete ones (an interrupted save) are passed over."""
+    complete = [p for p in _checkpoints(folder) if checkpoint_is_complete(p)]
+    return complete[-1] if complete else None
+
+
+def interrupted_checkpoints(folder: Path) -> list[Path]:
+    """Incomplete checkpoints newer than the latest complete one: what `latest` skipped."""
+    latest = latest_checkpoint(folder)
+    newest_good = checkpoint_step(latest) if latest else -1
+    return [p for p in _checkpoints(folder) if checkpoint_step(p) > newest_good and not checkpoint_is_complete(p)]
 
 
 def find_latest_run(runs_dir: str, key: str) -> RunFolder | None:
@@ -168,12 +200,23 @@ def resolve_resume(resume: str | None, runs_dir: str, key: str,
                                   f"in {runs_dir}; pass a checkpoint path or start without resuming")
             folder = found
         checkpoint = latest_checkpoint(folder.root)
+        skipped = interrupted_checkpoints(folder.root)
         if checkpoint is None:
-            raise StrataError(f"no checkpoint-* folder in {folder.root}; train with --save_steps first")
+            found = f" (only interrupted saves: {', '.join(p.name for p in skipped)})" if skipped else ""
+            raise StrataError(f"no complete checkpoint-* folder in {folder.root}{found}; "
+                              "train with --save_steps first, or start without resuming")
+        for path in skipped:
+            print(f"[strata] skipping {path.name}: its save was interrupted (no complete trainer_state.json); "
+                  f"resuming from {checkpoint.name}", flush=True)
         return folder, checkpoint
     checkpoint = Path(resume)
-    if not (checkpoint / "trainer_state.json").exists():
+    if not checkpoint.is_dir():
+        raise StrataError(f"--resume_from_checkpoint {resume} does not exist; pass a checkpoint-N folder or 'latest'")
+    if not (checkpoint / "trainer_state.json").exists() and not re.fullmatch(r"checkpoint-\d+", checkpoint.name):
         raise StrataError(f"{resume} is not a Trainer checkpoint (no trainer_state.json); "
                           "pass a checkpoint-N folder or 'latest'")
+    if not checkpoint_is_complete(checkpoint):
+        raise StrataError(f"{resume} is incomplete (its save was interrupted: trainer_state.json is missing or "
+                          "truncated); pass an earlier checkpoint-N or 'latest'")
     root = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
     return RunFolder(Path(output_dir) if output_dir else root), checkpoint
