@@ -152,3 +152,9 @@ def test_readme_documents_every_train_flag():
              if opt.startswith("--") and "-" not in opt[2:] and opt != "--help"}
     missing = sorted(flag for flag in flags if not any(f"{c}{flag}" in readme for c in "` /"))
     assert not missing, missing
+
+
+def test_lora_rank_zero_is_refused_before_anything_is_made(capsys, tmp_path):
+    line = _one_line_error(capsys, "train", *FAST, "--use_lora", "--lora_r", "0", "--runs_dir", str(tmp_path / "r"))
+    assert "--lora_r 0 must be a positive rank" in line
+    assert not (tmp_path / "r").exists()

@@ -339,6 +339,8 @@ def validate(config: RunConfig) -> None:
         raise StrataError("--per_device_train_batch_size and --gradient_accumulation_steps must be at least 1")
     if t.max_steps == 0:
         raise StrataError("--max_steps 0 trains nothing; pass a positive number, or -1 to use --num_train_epochs")
+    if m.use_lora and m.lora_r < 1:
+        raise StrataError(f"--lora_r {m.lora_r} must be a positive rank (e.g. 8, 16 or 64)")
     if m.merge_lora and not m.use_lora:
         raise StrataError("--merge_lora needs --use_lora")
     if t.load_best_model_at_end and not t.save_steps:

@@ -543,7 +543,8 @@ def rewards_for_run(config: Any, examples: Any) -> tuple[list[Any], list[float]]
     )
 
 
-def run_rl(config: Any, examples: Any, loaded: Any, folder: Any, checkpoint: Any, say: Any) -> Any:
+def run_rl(config: Any, examples: Any, loaded: Any, folder: Any, checkpoint: Any, say: Any,
+           progress: dict[str, bool] | None = None) -> Any:
     """``strata train --mode rl``: GRPO from the loaded model, then save, evaluate and write metrics."""
     from transformers.integrations import TensorBoardCallback
 
@@ -624,6 +625,8 @@ def run_rl(config: Any, examples: Any, loaded: Any, folder: Any, checkpoint: Any
         logging_first_step=True,
         logging_nan_inf_filter=False,  # a NaN loss is logged as NaN
     )
+    if progress is not None:
+        progress["training"] = True
     train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     if guard.divergence is not None:
         stop_diverged(guard, folder, dist.is_main, train_output.metrics)

@@ -66,21 +66,33 @@ def train(config: RunConfig) -> RunResult:
     key = run_key(model_args.model, examples.tag, train_args.mode, train_args.per_device_train_batch_size,
                   data_args.max_length, train_args.gradient_accumulation_steps, model_args.use_lora,
                   data_args.use_packing, dist.world_size)
-    folder, checkpoint = _choose_folder(config, key, dist)
+    args_record = {**config.to_dict(), "run_key": key, "world_size": dist.world_size}
+    folder, checkpoint, created_root = _choose_folder(config, key, dist, args_record)
+    fresh = checkpoint is None
     log_handler = None
     if dist.is_main:
-        folder.create()
-        folder.write_args({**config.to_dict(), "run_key": key, "world_size": dist.world_size})
+        folder.create(fresh=fresh)
+        folder.write_args(args_record)
         log_handler = folder.attach_log_file()
+    progress = {"training": False}
     try:
-        return _train_in_folder(config, examples, folder, checkpoint, dist, say, mirror)
+        return _train_in_folder(config, examples, folder, checkpoint, dist, say, mirror, progress)
+    except BaseException:
+        # Failed before training began (a bad flag found at model load, say): leave nothing behind, so the
+        # same command can run again. A resumed run's folder, or one that trained, is never touched.
+        if dist.is_main and fresh and not progress["training"]:
+            if log_handler is not None:
+                detach_log_file(log_handler)
+                log_handler = None
+            folder.remove_unstarted(created_root)
+        raise
     finally:
         if log_handler is not None:
             detach_log_file(log_handler)
 
 
 def _train_in_folder(config: RunConfig, examples: Examples, folder: RunFolder, checkpoint: Path | None,
-                     dist: DistInfo, say, mirror: str | None) -> RunResult:
+                     dist: DistInfo, say, mirror: str | None, progress: dict[str, bool]) -> RunResult:
     data_args, model_args, train_args = config.data, config.model, config.train
     say(f"run folder {folder.root}")
 
@@ -90,11 +102,12 @@ def _train_in_folder(config: RunConfig, examples: Examples, folder: RunFolder, c
     if train_args.mode == "rl":
         from strata.training.rl import run_rl
 
-        return run_rl(config, examples, loaded, folder, checkpoint, say)
+        return run_rl(config, examples, loaded, folder, checkpoint, say, progress)
 
     tokenized = tokenize_examples(examples, loaded.tokenizer, loaded.kind, data_args, train_args.mode,
                                   train_args.data_order_seed(), rows_needed=_rows_needed(config, dist))
     trainer = build_trainer(config, examples, loaded, tokenized, folder, dist)
+    progress["training"] = True
     train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     if trainer.nan_guard.divergence is not None:
         stop_diverged(trainer.nan_guard, folder, dist.is_main, train_output.metrics)
@@ -131,19 +144,24 @@ def preflight(config: RunConfig) -> None:
     check_architecture(config.model, config.data.hub_mirror, use_packing=config.data.use_packing)
 
 
-def _choose_folder(config: RunConfig, key: str, dist: DistInfo) -> tuple[RunFolder, Path | None]:
-    """Decide the run folder once (on rank 0) and share it, so all ranks agree even across a minute tick."""
+def _choose_folder(config: RunConfig, key: str, dist: DistInfo,
+                   args_record: dict[str, Any]) -> tuple[RunFolder, Path | None, bool]:
+    """Decide the run folder once (on rank 0) and share it, so all ranks agree even across a minute tick.
+    Also returns whether this call created the folder (what a failed start may remove)."""
     train_args = config.train
     choice = None
     if dist.is_main:
         folder, checkpoint = resolve_resume(train_args.resume_from_checkpoint, train_args.runs_dir, key,
-                                            train_args.output_dir)
-        if folder is None:
-            folder = explicit_run_folder(train_args.output_dir, resuming=False) if train_args.output_dir \
-                else new_run_folder(train_args.runs_dir, key)
-        choice = (str(folder.root), str(checkpoint) if checkpoint else None)
-    root, checkpoint = broadcast_object(choice, dist)
-    return RunFolder(Path(root)), Path(checkpoint) if checkpoint else None
+                                            train_args.output_dir, args_record)
+        created = False
+        if folder is None and train_args.output_dir:
+            folder = explicit_run_folder(train_args.output_dir, resuming=False)
+            created = not folder.root.exists()
+        elif folder is None:
+            folder, created = new_run_folder(train_args.runs_dir, key), True
+        choice = (str(folder.root), str(checkpoint) if checkpoint else None, created)
+    root, checkpoint, created = broadcast_object(choice, dist)
+    return RunFolder(Path(root)), Path(checkpoint) if checkpoint else None, created
 
 
 def training_arguments(config: RunConfig, loaded: LoadedModel, folder: RunFolder, has_eval: bool) -> TrainingArguments:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -67,9 +68,28 @@ class RunFolder:
     def metrics(self) -> Path:
         return self.root / "metrics.json"
 
-    def create(self) -> None:
+    def create(self, fresh: bool) -> None:
+        """Make the sub-folders. A fresh run claims the folder by creating args.json exclusively, so two
+        processes handed the same --output_dir at once cannot both train into it."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        if fresh:
+            try:
+                (self.root / "args.json").open("x").close()
+            except FileExistsError:
+                raise StrataError(f"{self.root} was just claimed by another run; pass a new --output_dir") from None
         for folder in (self.logs, self.tensorboard, self.checkpoints):
             folder.mkdir(parents=True, exist_ok=True)
+
+    def remove_unstarted(self, created_root: bool) -> None:
+        """Undo a run that failed before its first optimizer step: the same command may then run again."""
+        if created_root:
+            shutil.rmtree(self.root, ignore_errors=True)
+            return
+        for child in self.root.iterdir() if self.root.is_dir() else []:
+            if child.is_dir():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
 
     def write_args(self, args: dict[str, Any]) -> None:
         (self.root / "args.json").write_text(json.dumps(args, indent=2, sort_keys=True, default=str) + "\n")
@@ -110,15 +130,19 @@ def _json_default(value: Any) -> Any:
 
 
 def new_run_folder(runs_dir: str, key: str, now: datetime | None = None) -> RunFolder:
-    """A fresh folder for this run; a same-minute collision gets a numeric suffix, never reuse."""
+    """A fresh folder for this run, created here: a same-minute collision (another run, or another process
+    starting at the same moment: `mkdir` is atomic) gets a numeric suffix, never reuse."""
     stamp = (now or datetime.now()).strftime(TIME_FORMAT)
     base = Path(runs_dir)
-    candidate = base / f"{stamp}_{key}"
-    counter = 2
-    while candidate.exists():
-        candidate = base / f"{stamp}-{counter}_{key}"
-        counter += 1
-    return RunFolder(candidate)
+    base.mkdir(parents=True, exist_ok=True)
+    counter = 1
+    while True:
+        candidate = base / (f"{stamp}_{key}" if counter == 1 else f"{stamp}-{counter}_{key}")
+        try:
+            candidate.mkdir()
+            return RunFolder(candidate)
+        except FileExistsError:
+            counter += 1
 
 
 def explicit_run_folder(output_dir: str, resuming: bool) -> RunFolder:
@@ -173,20 +197,48 @@ def interrupted_checkpoints(folder: Path) -> list[Path]:
     return [p for p in _checkpoints(folder) if checkpoint_step(p) > newest_good and not checkpoint_is_complete(p)]
 
 
-def find_latest_run(runs_dir: str, key: str) -> RunFolder | None:
-    """The newest run folder with this run key that holds a checkpoint."""
+# Flags that say where a run lives or how it is found, not what it trains.
+NOT_TRAINING_CONFIG = frozenset({"resume_from_checkpoint", "output_dir", "runs_dir", "hub_mirror"})
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """The training flags whose values differ between a run's args.json and the current command."""
+    current = json.loads(json.dumps(current, default=str))  # compare as args.json stores them
+    keys = sorted((saved.keys() | current.keys()) - NOT_TRAINING_CONFIG)
+    return [f"--{k} {current.get(k)!r} (that run: {saved.get(k)!r})" for k in keys if saved.get(k) != current.get(k)]
+
+
+def find_latest_run(runs_dir: str, key: str, current_args: dict[str, Any] | None = None) -> RunFolder | None:
+    """The newest run folder with this run key, a complete checkpoint and (given `current_args`) the same
+    training configuration; a run whose name matches but whose flags differ is refused, never taken."""
     base = Path(runs_dir)
     if not base.is_dir():
         return None
     matches = sorted(p for p in base.iterdir() if p.is_dir() and _TIME_PREFIX.sub("", p.name) == key)
+    refused: tuple[Path, list[str]] | None = None
     for folder in reversed(matches):
-        if latest_checkpoint(folder) is not None:
-            return RunFolder(folder)
+        if latest_checkpoint(folder) is None:
+            continue
+        if current_args is not None:
+            try:
+                saved = json.loads((folder / "args.json").read_text())
+            except (OSError, ValueError):
+                saved = {}
+            differences = config_differences(saved, current_args)
+            if differences:
+                refused = refused or (folder, differences)
+                continue
+        return RunFolder(folder)
+    if refused is not None:
+        folder, differences = refused
+        shown = "; ".join(differences[:4]) + (f"; and {len(differences) - 4} more" if len(differences) > 4 else "")
+        raise StrataError(f"--resume_from_checkpoint latest: {folder} has this run's name but other flags: {shown}; "
+                          "pass the same flags, or --output_dir of the run to continue, or start without resuming")
     return None
 
 
-def resolve_resume(resume: str | None, runs_dir: str, key: str,
-                   output_dir: str | None) -> tuple[RunFolder | None, Path | None]:
+def resolve_resume(resume: str | None, runs_dir: str, key: str, output_dir: str | None,
+                   current_args: dict[str, Any] | None = None) -> tuple[RunFolder | None, Path | None]:
     """(run folder to continue, checkpoint) for ``--resume_from_checkpoint latest|PATH``."""
     if resume is None:
         return None, None
@@ -194,7 +246,7 @@ def resolve_resume(resume: str | None, runs_dir: str, key: str,
         if output_dir is not None:
             folder = RunFolder(Path(output_dir))
         else:
-            found = find_latest_run(runs_dir, key)
+            found = find_latest_run(runs_dir, key, current_args)
             if found is None:
                 raise StrataError(f"--resume_from_checkpoint latest found no run named *_{key} with a checkpoint "
                                   f"in {runs_dir}; pass a checkpoint path or start without resuming")
