@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import sys
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,3 +36,35 @@ def broadcast_object(value: Any, dist: DistInfo) -> Any:
     payload = [value]
     torch_dist.broadcast_object_list(payload, src=0)
     return payload[0]
+
+
+def watch_launcher(poll_seconds: float = 1.0) -> threading.Thread | None:
+    """Under torchrun (or accelerate launch), end this worker when the launcher dies.
+
+    torchrun's agent is the parent of every local worker. If it is killed (SIGKILL, OOM killer, a lost
+    ssh session) nothing tells the workers, which would train on and write final/ on their own. A daemon
+    thread notices the parent pid change (the orphan is re-parented) within `poll_seconds` and exits the
+    process. Polling, not Linux's PR_SET_PDEATHSIG, because it works on every OS and cannot race with a
+    launcher that died before we looked.
+    """
+    global _watcher
+    if "TORCHELASTIC_RUN_ID" not in os.environ:  # set by torchrun for its workers; not by `python train.py`
+        return None
+    if _watcher is not None:
+        return _watcher
+    launcher = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll_seconds)
+            if os.getppid() != launcher:
+                print(f"[strata] rank {os.environ.get('RANK', '?')}: the launcher (pid {launcher}) is gone; "
+                      "stopping this worker", file=sys.stderr, flush=True)
+                os._exit(1)
+
+    _watcher = threading.Thread(target=watch, name="strata-launcher-watch", daemon=True)
+    _watcher.start()
+    return _watcher
+
+
+_watcher: threading.Thread | None = None

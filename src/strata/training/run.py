@@ -29,7 +29,7 @@ from strata.models.loading import (
     resolve_precision,
 )
 from strata.training.callbacks import RunMetadataCallback
-from strata.training.distributed import DistInfo, broadcast_object, dist_info
+from strata.training.distributed import DistInfo, broadcast_object, dist_info, watch_launcher
 from strata.training.guards import NonFiniteGuard, all_finite, stop_diverged
 from strata.training.run_folder import (
     RunFolder,
@@ -53,6 +53,7 @@ class RunResult:
 def train(config: RunConfig) -> RunResult:
     """Run one training job end to end and return its folder and metrics."""
     dist = dist_info()
+    watch_launcher()
     data_args, model_args, train_args = config.data, config.model, config.train
     say = _printer(dist)
     mirror = data_args.hub_mirror or os.environ.get("STRATA_HUB_MIRROR")
