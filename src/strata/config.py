@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -231,13 +232,19 @@ def load_config_file(path: str, classes: tuple[type, ...] = ALL_ARGUMENT_CLASSES
     file = Path(path)
     if not file.is_file():
         raise StrataError(f"config file {path} does not exist; pass an existing .yaml or .json file to --config")
-    text = file.read_text()
-    if file.suffix.lower() == ".json":
-        values = json.loads(text)
-    else:
-        import yaml
+    import yaml
 
-        values = yaml.safe_load(text) or {}
+    text = file.read_text()
+    try:
+        values = json.loads(text) if file.suffix.lower() == ".json" else (yaml.safe_load(text) or {})
+    except json.JSONDecodeError as err:
+        raise StrataError(f"config file {path}: JSON syntax error at line {err.lineno}, column {err.colno}: "
+                          f"{err.msg}; fix the file") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise StrataError(f"config file {path}: YAML syntax error{where}: {problem}; fix the file") from None
     if not isinstance(values, dict):
         raise StrataError(f"config file {path} must hold a mapping of flag names to values")
     unknown = sorted(set(values) - _known_keys(classes))
@@ -245,7 +252,37 @@ def load_config_file(path: str, classes: tuple[type, ...] = ALL_ARGUMENT_CLASSES
         raise StrataError(
             f"unknown key(s) in {path}: {', '.join(unknown)}; use the flag names of `strata train --help`"
         )
+    hints = {name: hint for cls in classes for name, hint in typing.get_type_hints(cls).items()}
+    for key, value in values.items():
+        expected = _type_mismatch(value, hints[key])
+        if expected:
+            raise StrataError(f"config file {path}: {key}: {value!r} is not {expected}; fix the value "
+                              "(see `strata train --help`)")
     return values
+
+
+def _type_mismatch(value: Any, hint: Any) -> str | None:
+    """What `value` should have been for a flag typed `hint`, or None when it fits. Strings are lenient
+    (YAML reads `dataset_config: 2020` as a number); lists also take one scalar."""
+    args = typing.get_args(hint)
+    if type(None) in args:
+        if value is None:
+            return None
+        hint = next(a for a in args if a is not type(None))
+    if typing.get_origin(hint) is list:
+        (item,) = typing.get_args(hint)
+        items = value if isinstance(value, list) else [value]
+        bad = [_type_mismatch(v, item) for v in items]
+        return f"a list of {bad[0] if bad[0] else item.__name__}" if any(bad) else None
+    if hint is bool:
+        return None if isinstance(value, bool) else "true or false"
+    if hint is int:
+        return None if isinstance(value, int) and not isinstance(value, bool) else "an integer"
+    if hint is float:
+        return None if isinstance(value, (int, float)) and not isinstance(value, bool) else "a number"
+    if hint is str:
+        return None if isinstance(value, (str, int, float)) and not isinstance(value, bool) else "a string"
+    return None
 
 
 def _split_config_flag(argv: list[str]) -> tuple[str | None, list[str]]:
@@ -339,6 +376,11 @@ def validate(config: RunConfig) -> None:
         raise StrataError("--per_device_train_batch_size and --gradient_accumulation_steps must be at least 1")
     if t.max_steps == 0:
         raise StrataError("--max_steps 0 trains nothing; pass a positive number, or -1 to use --num_train_epochs")
+    for flag in ("max_train_examples", "max_eval_examples"):
+        value = getattr(d, flag)
+        if value is not None and value < 1:
+            raise StrataError(f"--{flag} {value} keeps no examples; pass a positive number, or leave it out for the "
+                              "whole split")
     if m.use_lora and m.lora_r < 1:
         raise StrataError(f"--lora_r {m.lora_r} must be a positive rank (e.g. 8, 16 or 64)")
     if m.merge_lora and not m.use_lora:

@@ -10,12 +10,15 @@ the places tried and how to mirror it.
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
+from datasets.exceptions import DatasetGenerationError
 
 from strata.errors import StrataError
 
@@ -237,12 +240,48 @@ def load_split(
     if len(builders) > 1:
         raise StrataError(f"dataset '{dataset_id}' mixes file types {sorted(builders)}; convert them to one format")
     data_files = {name: source.files[name] for name in dict.fromkeys(names)}
+    files = [Path(f) for group in data_files.values() for f in group]
+    for file in files:
+        if file.is_file() and file.stat().st_size == 0:
+            raise StrataError(f"{file} is empty; a data file needs at least one row")
+    reader_log = logging.getLogger(f"datasets.packaged_modules.{next(iter(builders))}")
+    level = reader_log.level
+    # The file readers log a parse error before raising it; the error below names file and line instead.
+    reader_log.setLevel(logging.CRITICAL)
     try:
         return datasets.load_dataset(builders.pop(), data_files=data_files, split=split)
     except ValueError as err:
         if "corresponds to no data" in str(err):  # datasets' wording for an empty slice such as "test[:0]"
             raise StrataError(f"split '{split}' of '{dataset_id}' is empty; pick a wider slice or another split") from err
         raise
+    except DatasetGenerationError as err:
+        raise StrataError(_unreadable_file(files, err)) from err
+    finally:
+        reader_log.setLevel(level)
+
+
+def _unreadable_file(files: list[Path], err: Exception) -> str:
+    """Name the file and line datasets could not read (its own error buries them in a chained traceback)."""
+    for file in files:
+        if file.suffix not in (".jsonl", ".json"):
+            continue
+        text = file.read_text(errors="replace")
+        if file.suffix == ".json" and text.lstrip().startswith("["):
+            try:
+                json.loads(text)
+                continue
+            except ValueError as bad:
+                return f"{file} is not valid JSON ({bad}); fix the file or export it as one JSON object per line"
+        for number, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                try:
+                    json.loads(line)
+                except ValueError as bad:
+                    return f"{file} line {number} is not valid JSON ({bad.msg}); fix or remove that line"
+    cause = err.__cause__ or err
+    names = ", ".join(str(f) for f in files)
+    return f"could not read {names}: {type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}; " \
+           "check that every row has the same columns and types"
 
 
 def select_split(splits: datasets.DatasetDict, split: str, dataset_id: str = "dataset") -> datasets.Dataset:
@@ -258,11 +297,19 @@ def select_split(splits: datasets.DatasetDict, split: str, dataset_id: str = "da
     return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
 
 
-def resolve_model_path(model_id: str, mirror: str | Path | None = None) -> str:
+def looks_like_path(model_id: str) -> bool:
+    """Hub ids are ``name`` or ``owner/name``; anything else (``/abs``, ``./rel``, ``~``, ``a/b/c``) is a path."""
+    return model_id.startswith(("/", "./", "../", "~")) or model_id.count("/") > 1
+
+
+def resolve_model_path(model_id: str, mirror: str | Path | None = None, init: str | None = None) -> str:
     """A model's local folder, else its mirror folder ``models/<owner>/<name>``, else the hub id if allowed."""
     local = Path(model_id).expanduser()
     if local.is_dir():
         return str(local)
+    if looks_like_path(model_id):
+        raise StrataError(f"--model {model_id}: no such folder; pass an existing model folder (a run's final/), "
+                          "a preset (see `strata models`) or a hub id owner/name")
     hub_id = canonical_model_id(model_id)
     tried = [f"local folder '{model_id}'"]
     root = mirror_root(str(mirror) if mirror else None)
@@ -276,8 +323,11 @@ def resolve_model_path(model_id: str, mirror: str | Path | None = None) -> str:
     if not hub_offline():
         return hub_id
     suggestion = root if root is not None else "<mirror>"
+    # --init scratch still needs the model's config.json (and tokenizer): telling the user to add it is no fix.
+    fix = ("--init scratch builds from its config.json, which has to be mirrored too (`hf download ... "
+           "config.json tokenizer.json`), or use a preset (`strata models`)" if init == "scratch"
+           else "or build it from its config with --init scratch")
     raise StrataError(
         f"model '{hub_id}' not found offline: tried {'; '.join(tried)}; the hub is off (HF_HUB_OFFLINE). "
-        f"Mirror it with `hf download {hub_id} --local-dir {suggestion}/models/{hub_id}`, "
-        "or build it from its config with --init scratch"
+        f"Mirror it with `hf download {hub_id} --local-dir {suggestion}/models/{hub_id}`; {fix}"
     )

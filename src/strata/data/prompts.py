@@ -114,6 +114,9 @@ def template_text(template: str) -> str:
         return TEMPLATES[template]
     if "{" in template:
         return template
+    if any(c.isspace() for c in template) or ":" in template:  # a literal template that forgot its field
+        raise StrataError(f"prompt template {template!r} has no {{text}} field, so the example would never reach "
+                          "the prompt; add {text} where the input goes")
     known = ", ".join(sorted(TEMPLATES))
     raise StrataError(
         f"unknown prompt template '{template}'; use one of {known} or a string with {{text}} in it"

@@ -46,17 +46,20 @@ def run_eval(argv: list[str]) -> int:
     run_args = _run_args(Path(target))
     given = {a.split("=", 1)[0].lstrip("-") for a in rest if a.startswith("--")}
     parser.set_defaults(**{k: v for k, v in run_args.items() if k in _data_fields() and k not in given})
-    data, options = parser.parse_args_into_dataclasses(args=rest)
+    data, options, extra = parser.parse_args_into_dataclasses(args=rest, return_remaining_strings=True)
+    if extra:
+        raise StrataError(f"unrecognised argument(s) for strata eval: {' '.join(extra)}; see `strata eval --help`")
     seed = options.seed if options.seed is not None else int(run_args.get("seed", 0))
     mirror = data.hub_mirror or os.environ.get("STRATA_HUB_MIRROR")
     mode = run_args.get("mode", "sft")
     if mode == "rl":
         mode = "sft"
+    # The model first: a folder without one fails before any data loads.
+    model, tokenizer = load_trained(str(_model_folder(Path(target))), mirror, options.device)
     formatted = load_formatted(data.dataset, data.dataset_config, data.eval_split, mode, mirror, purpose="eval",
                                text_column=data.text_column, label_column=data.label_column,
                                label_names=data.label_names, prompt_template=data.prompt_template,
                                task=data.task, max_examples=data.max_eval_examples, seed=seed)
-    model, tokenizer = load_trained(str(_model_folder(Path(target))), mirror, options.device)
     metrics = evaluate_dataset(model, tokenizer, formatted.dataset, formatted.family, formatted.label_words,
                                method=options.eval_method, batch_size=options.batch_size,
                                max_length=data.max_length, max_new_tokens=options.max_new_tokens)

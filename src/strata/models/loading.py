@@ -268,9 +268,28 @@ def resolve_model_source(args: ModelArguments, mirror: str | None) -> tuple[Pres
             raise StrataError(f"{args.model} is a preset (a config, no weights); drop --init pretrained "
                               "or pass a model path/id with weights")
         return preset, None, "scratch"
-    path = resolve_model_path(args.model, mirror)
+    path = resolve_model_path(args.model, mirror, init=args.init)
     init = "pretrained" if args.init == "auto" else args.init
     return None, path, init
+
+
+def read_model_config(path: str):
+    """AutoConfig for a model folder or hub id, with one line for a folder that holds no usable config."""
+    folder = Path(path)
+    if folder.is_dir() and not (folder / "config.json").is_file():
+        raise StrataError(f"{path} holds no model (no config.json); pass a model folder such as a run's final/, "
+                          "a preset (see `strata models`) or a hub id")
+    try:
+        return AutoConfig.from_pretrained(path)
+    except OSError as err:
+        if "not a valid JSON file" not in str(err):
+            raise
+        raise StrataError(f"{folder / 'config.json'} is not valid JSON; repair or replace it") from err
+    except ValueError as err:
+        if "model_type" not in str(err):
+            raise
+        raise StrataError(f"{folder / 'config.json'} names no known model_type; it is not a transformers "
+                          "config (or needs a newer transformers)") from err
 
 
 def check_architecture(args: ModelArguments, mirror: str | None, use_packing: bool = False) -> None:
@@ -280,7 +299,7 @@ def check_architecture(args: ModelArguments, mirror: str | None, use_packing: bo
     if preset is not None:
         config = preset.make_config(384)  # the vocabulary size does not change the architecture class
     elif path is not None and Path(path).is_dir():
-        config = AutoConfig.from_pretrained(path)
+        config = read_model_config(path)
     if config is None:
         return
     kind = architecture_kind(config)
@@ -318,7 +337,7 @@ def plan_model(args: ModelArguments, vocab_size: int, tokenizer: PreTrainedToken
         source = f"preset:{preset.name}"
     else:
         assert path is not None
-        config = AutoConfig.from_pretrained(path)
+        config = read_model_config(path)
         source = f"{'local' if Path(path).is_dir() else 'hub'}:{path}"
         if init == "scratch" and getattr(config, "vocab_size", vocab_size) < vocab_size:
             config.vocab_size = vocab_size
@@ -488,6 +507,9 @@ def load_trained(path: str, mirror: str | None = None, device: str = "auto"):
     """Load a trained model folder (a run's final/, merged/ or an adapter folder) for evaluation."""
     register_strata_models()
     folder = Path(path)
+    if folder.is_dir() and not (folder / "adapter_config.json").exists() and not (folder / "config.json").exists():
+        raise StrataError(f"{path} holds no model (no config.json or adapter_config.json); pass a run folder "
+                          "or its final/ or merged/")
     if (folder / "adapter_config.json").exists():
         from peft import AutoPeftModelForCausalLM, AutoPeftModelForSeq2SeqLM, PeftConfig
 
@@ -496,7 +518,7 @@ def load_trained(path: str, mirror: str | None = None, device: str = "auto"):
         model = cls.from_pretrained(str(folder))
     else:
         resolved = resolve_model_path(path, mirror)
-        config = AutoConfig.from_pretrained(resolved)
+        config = read_model_config(resolved)
         model = _auto_class(architecture_kind(config)).from_pretrained(resolved)
     tokenizer = _finish_tokenizer(AutoTokenizer.from_pretrained(str(folder) if folder.is_dir() else path))
     model.to(resolve_device(device)).eval()

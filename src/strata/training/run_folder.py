@@ -71,7 +71,10 @@ class RunFolder:
     def create(self, fresh: bool) -> None:
         """Make the sub-folders. A fresh run claims the folder by creating args.json exclusively, so two
         processes handed the same --output_dir at once cannot both train into it."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise _unwritable(self.root, err) from None
         if fresh:
             try:
                 (self.root / "args.json").open("x").close()
@@ -134,15 +137,22 @@ def new_run_folder(runs_dir: str, key: str, now: datetime | None = None) -> RunF
     starting at the same moment: `mkdir` is atomic) gets a numeric suffix, never reuse."""
     stamp = (now or datetime.now()).strftime(TIME_FORMAT)
     base = Path(runs_dir)
-    base.mkdir(parents=True, exist_ok=True)
     counter = 1
     while True:
         candidate = base / (f"{stamp}_{key}" if counter == 1 else f"{stamp}-{counter}_{key}")
         try:
+            base.mkdir(parents=True, exist_ok=True)
             candidate.mkdir()
             return RunFolder(candidate)
         except FileExistsError:
             counter += 1
+        except OSError as err:
+            raise _unwritable(candidate, err) from None
+
+
+def _unwritable(path: Path, err: OSError) -> StrataError:
+    return StrataError(f"cannot create the run folder {path} ({err.strerror}); pass a writable --output_dir "
+                       "or --runs_dir")
 
 
 def explicit_run_folder(output_dir: str, resuming: bool) -> RunFolder:
