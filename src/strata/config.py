@@ -200,7 +200,7 @@ class TrainArguments:
     rl_warmup_steps: int = field(default=100, metadata={"help": "Warm-up steps in RL mode."})
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature for RL generations."})
     code_execution: bool = field(
-        default=False, metadata={"help": "Let the code reward run completions in a sandboxed subprocess."}
+        default=False, metadata={"help": "Let the code reward run completions in a bubblewrap sandbox (no network, no host files; see docs/rl.md)."}
     )
 
     def data_order_seed(self) -> int:

@@ -15,11 +15,7 @@ from __future__ import annotations
 
 import ast
 import functools
-import os
 import re
-import subprocess
-import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -259,53 +255,11 @@ def defines_function(source: str, name: str) -> bool:
     )
 
 
-_NO_NETWORK_PRELUDE = """\
-import socket as _s
-def _blocked(*a, **k):
-    raise OSError("network access is disabled in Strata's code reward")
-_s.socket = _blocked
-_s.create_connection = _blocked
-_s.getaddrinfo = _blocked
-del _s, _blocked
-"""
-
-
-def _limit_resources() -> None:  # pragma: no cover - runs in the child process
-    """Cap CPU time and memory of the sandboxed child (POSIX only)."""
-    try:
-        import resource
-
-        resource.setrlimit(resource.RLIMIT_CPU, (int(CODE_TIMEOUT_S) + 1, int(CODE_TIMEOUT_S) + 1))
-        resource.setrlimit(resource.RLIMIT_AS, (2 * 1024**3, 2 * 1024**3))
-    except (ImportError, ValueError, OSError):
-        pass
-
-
 def run_code_sandboxed(source: str, timeout_s: float = CODE_TIMEOUT_S) -> bool:
-    """Run ``source`` in a fresh, isolated Python subprocess with a timeout and sockets disabled.
+    """Run ``source`` in the bubblewrap sandbox (strata.training.sandbox); True when it exits 0 in time."""
+    from strata.training.sandbox import run_sandboxed
 
-    Returns whether it exited 0. This is a guard against accidents, not a security boundary:
-    only enable it for code you would run yourself.
-    """
-    with tempfile.TemporaryDirectory(prefix="strata-code-") as tmp:
-        path = os.path.join(tmp, "candidate.py")
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(_NO_NETWORK_PRELUDE + "\n" + source + "\n")
-        env = {"PATH": os.environ.get("PATH", ""), "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0"}
-        try:
-            result = subprocess.run(
-                [sys.executable, "-I", path],
-                cwd=tmp,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                timeout=timeout_s,
-                preexec_fn=_limit_resources if os.name == "posix" else None,
-            )
-        except subprocess.TimeoutExpired:
-            return False
-        return result.returncode == 0
+    return run_sandboxed(source, timeout_s)
 
 
 def code(
@@ -320,7 +274,7 @@ def code(
     The function name comes from an ``entry_point`` column, else the reference's first ``def``,
     else the prompt's last ``def``, else ``task_func``. Code is never executed unless
     ``code_execution`` is on; then the definitions (plus a ``test`` column's code, if any) must
-    also run to exit status 0 in a sandboxed subprocess with a timeout.
+    also run to exit status 0 in the bubblewrap sandbox (no network, no host files) with a timeout.
     """
     n = len(completions)
     refs = _column(kwargs, "reference", n)
@@ -406,6 +360,9 @@ def make_reward(
             )
         return functools.partial(func, default_label_words=list(label_words))
     if name == "code" and code_execution:
+        from strata.training.sandbox import require_sandbox
+
+        require_sandbox()  # no sandbox, no execution: never a weaker fallback
         return functools.partial(func, code_execution=True)
     return func
 
