@@ -24,7 +24,7 @@ import torch
 from transformers import TrainerCallback
 
 from strata.errors import RunFailed
-from strata.training.run_folder import RunFolder
+from strata.training.run_folder import RunFolder, latest_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +53,7 @@ class NonFiniteGuard(TrainerCallback):
         params = [p for p in model.parameters() if p.grad is not None] if model is not None else []
         # fp16: an inf gradient is the loss scaler's business (it skips that step and lowers the scale),
         # so only a non-finite loss counts there.
-        check_grads = bool(params) and not getattr(args, "fp16", False)
-        grads_finite = bool(torch.stack([torch.isfinite(p.grad).all() for p in params]).all()) if check_grads else True
+        grads_finite = getattr(args, "fp16", False) or _all_finite(p.grad for p in params)
         bad = _any_rank(self._loss_not_finite or not grads_finite)
         loss_bad = self._loss_not_finite
         self._loss_not_finite = False
@@ -93,10 +92,15 @@ def _any_rank(flag: bool) -> bool:
     return bool(value.item() > 0)
 
 
+def _all_finite(tensors) -> bool:
+    """One device sync for the whole set, not one per tensor."""
+    flags = [torch.isfinite(t.detach()).all() for t in tensors]
+    return bool(torch.stack(flags).all()) if flags else True
+
+
 def all_finite(model: torch.nn.Module) -> bool:
     """True when every parameter is finite: the last check before weights are written to final/."""
-    flags = [torch.isfinite(p.detach()).all() for p in model.parameters()]
-    return bool(torch.stack(flags).all()) if flags else True
+    return _all_finite(model.parameters())
 
 
 def finite_or_none(value):
@@ -111,8 +115,8 @@ def finite_or_none(value):
 def stop_diverged(guard: NonFiniteGuard, folder: RunFolder, is_main: bool, train_metrics: dict) -> None:
     """metrics.json says what happened; final/ is not written; one line names the step and what is left."""
     divergence = guard.divergence
-    checkpoints = sorted(folder.checkpoints.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-    last = str(checkpoints[-1]) if checkpoints else None
+    newest = latest_checkpoint(folder.root)  # complete checkpoints only: all saved before the bad step
+    last = str(newest) if newest else None
     if is_main:
         folder.write_metrics({
             "status": "diverged", "diverged_at_step": divergence.step, "reason": divergence.reason,
