@@ -230,7 +230,8 @@ def test_qa_token_f1(tok):
 
 def test_pretrain_perplexity_matches_hand_computation(tok, positive_model):
     text = "I feel positive about this positive thing"
-    ids = tok(text)["input_ids"]
+    # a document as the pretraining stream holds it: its tokens, then EOS
+    ids = tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     (pos,) = tok(" positive", add_special_tokens=False)["input_ids"]
     log_z = math.log(math.exp(PREFERRED_LOGIT) + len(tok) - 1)
     scored = ids[1:]  # the first token has no context

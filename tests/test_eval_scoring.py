@@ -111,9 +111,15 @@ def bart_pair():
     return BartForConditionalGeneration(config).eval(), ByT5Tokenizer()
 
 
+def known_prefix(tok) -> list[int]:
+    """What each decoder family here puts before a prompt, written from what it is built to do (not probed):
+    GPT-2 nothing, the Llama-style word-level tokenizer its BOS."""
+    return [] if type(tok).__name__.startswith("GPT2") else [tok.bos_token_id]
+
+
 def manual_decoder_only(model, tok, prompt: str, choice: str, context: list[int] | None = None) -> float:
     """One unpadded forward of prompt+choice; sum log_softmax at the positions predicting the choice."""
-    ctx = tok(prompt)["input_ids"] if context is None else context
+    ctx = known_prefix(tok) + tok(prompt, add_special_tokens=False)["input_ids"] if context is None else context
     cont = tok(choice, add_special_tokens=False)["input_ids"]
     with torch.no_grad():
         logits = model(torch.tensor([ctx + cont])).logits[0].double()
@@ -176,9 +182,9 @@ def test_truncation_keeps_prompt_right_end_and_bos(llama_pair):
     prompt = "the movie was great but the ending was bad sentiment :"
     ids = tok(prompt)["input_ids"]
     assert ids[0] == tok.bos_token_id
-    # choice " neutral ." is 2 tokens; input = context + choice[:-1] must fit in 6 -> context of 5 tokens
+    # choice " neutral ." is 2 tokens; the training row context + choice + EOS must fit in 6 -> context of 3
     got = label_loglikelihoods(model, tok, [prompt], [" neutral ."], max_length=6)
-    kept = [ids[0]] + ids[-4:]
+    kept = [ids[0]] + ids[-2:]
     expected = manual_decoder_only(model, tok, prompt, " neutral .", context=kept)
     assert got[0, 0].item() == pytest.approx(expected, abs=1e-4)
     untruncated = manual_decoder_only(model, tok, prompt, " neutral .")

@@ -10,8 +10,8 @@ import pytest
 from datasets import Dataset
 from transformers import AutoTokenizer, ByT5Tokenizer
 
+from strata.data.encoding import SpecialTokens, special_tokens
 from strata.data.tokenization import (
-    special_token_affixes,
     tokenize_completions,
     tokenize_pretraining,
     tokenize_seq2seq,
@@ -103,7 +103,7 @@ class _BosTokenizer:
 
 def test_bos_goes_in_front_of_the_prompt_and_survives_truncation() -> None:
     tok = _BosTokenizer()
-    assert special_token_affixes(tok) == ([1], [])
+    assert special_tokens(tok) == SpecialTokens(prefix=(1,), suffix=(), eos=2)
     ds = Dataset.from_dict({"prompt": ["abcdefgh"], "completion": [" z"]})
     row = tokenize_completions(ds, tok, max_length=7)[0]
     # BOS + last 3 prompt bytes ("fgh") + " z" + EOS
@@ -113,7 +113,7 @@ def test_bos_goes_in_front_of_the_prompt_and_survives_truncation() -> None:
 
 def test_byt5_eos_suffix_is_not_put_inside_the_prompt() -> None:
     tok = ByT5Tokenizer()
-    assert special_token_affixes(tok) == ([], [tok.eos_token_id])
+    assert special_tokens(tok) == SpecialTokens(prefix=(), suffix=(tok.eos_token_id,), eos=tok.eos_token_id)
     row = tokenize_completions(Dataset.from_dict({"prompt": ["hi:"], "completion": [" ok"]}), tok, 16)[0]
     assert row["input_ids"].count(tok.eos_token_id) == 1 and row["input_ids"][-1] == tok.eos_token_id
 

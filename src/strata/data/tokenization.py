@@ -1,15 +1,8 @@
-"""Tokenization for causal-LM fine-tuning, seq2seq fine-tuning and pretraining.
+"""Tokenization for causal-LM fine-tuning, seq2seq fine-tuning and pretraining, over whole datasets.
 
-Conventions (see docs/packing.md for the reasoning):
-
-* Prompt and completion are tokenized **separately and concatenated**. The loss mask and Strata's
-  label-likelihood evaluation (score ``prompt_ids + candidate_ids``) both assume this split, so training
-  and evaluation see the same token sequence even where a BPE would merge across the boundary.
-* Special tokens come from probing the tokenizer once: whatever it puts *before* the text
-  (a Llama-style BOS) is kept in front of the prompt; whatever it puts *after* the text (T5/ByT5's
-  ``</s>``) is dropped from the prompt, because EOS belongs after the completion, not in the middle.
-* Truncation never cuts the completion: the prompt loses tokens from the *left*, keeping its end, which
-  holds the task cue (``Sentiment:``) that the completion is conditioned on.
+How one example becomes ids (special tokens, the prompt/completion split, truncation) is decided in
+:mod:`strata.data.encoding`, the contract evaluation, generation and RL share; this module applies it
+with ``datasets.map`` and turns rows that do not fit into one error message (see docs/packing.md).
 """
 
 from __future__ import annotations
@@ -19,33 +12,18 @@ from typing import Any
 import numpy as np
 from datasets import Dataset
 
+from strata.data.encoding import (
+    IGNORE_INDEX,
+    causal_row,
+    completion_target,
+    encode_texts,
+    encoder_input,
+    row_needs,
+    special_tokens,
+)
 from strata.errors import StrataError
 
-IGNORE_INDEX = -100
-
-
-def special_token_affixes(tokenizer: Any) -> tuple[list[int], list[int]]:
-    """Return the ids the tokenizer adds before and after a text with ``add_special_tokens=True``.
-
-    Probing beats reading flags (``add_bos_token`` and friends differ between tokenizer classes and
-    transformers versions); what the tokenizer actually does is what the model was trained with.
-    """
-    probe = "a"
-    plain = tokenizer(probe, add_special_tokens=False)["input_ids"]
-    full = tokenizer(probe, add_special_tokens=True)["input_ids"]
-    for start in range(len(full) - len(plain) + 1):
-        if full[start : start + len(plain)] == plain:
-            return list(full[:start]), list(full[start + len(plain) :])
-    return [], []
-
-
-def _eos_id(tokenizer: Any) -> int:
-    eos = tokenizer.eos_token_id
-    if eos is None:
-        raise StrataError(
-            f"{type(tokenizer).__name__} has no eos_token_id; set tokenizer.eos_token or pass add_eos=False"
-        )
-    return int(eos)
+__all__ = ["IGNORE_INDEX", "tokenize_completions", "tokenize_pretraining", "tokenize_seq2seq"]
 
 
 def _require_columns(dataset: Dataset, columns: tuple[str, ...], what: str) -> None:
@@ -55,11 +33,6 @@ def _require_columns(dataset: Dataset, columns: tuple[str, ...], what: str) -> N
             f"{what} needs column(s) {missing} but the dataset has {dataset.column_names}; "
             "rename or format the dataset first"
         )
-
-
-def _encode(tokenizer: Any, texts: list[str]) -> list[list[int]]:
-    """Batch-encode without special tokens and without the tokenizer's own (right-side) truncation."""
-    return tokenizer(list(texts), add_special_tokens=False, truncation=False)["input_ids"]
 
 
 def _too_long_error(
@@ -81,34 +54,33 @@ def tokenize_completions(
 ) -> Dataset:
     """Tokenize ``prompt``/``completion`` pairs for completion-only causal-LM loss.
 
-    Returns a dataset with exactly ``input_ids`` and ``labels`` (prompt positions are -100; the completion
+    Returns a dataset with exactly ``input_ids`` and ``labels`` (context positions are -100; the completion
     and its EOS are labelled). Other columns are dropped so collators and ``Trainer`` see only tensors.
     A row needs its BOS (if any), at least one prompt token, its completion and EOS within ``max_length``.
     """
     _require_columns(dataset, ("prompt", "completion"), "tokenize_completions")
     if max_length < 2:
         raise StrataError(f"max_length={max_length} is too small; use at least 2")
-    prefix, _ = special_token_affixes(tokenizer)
-    eos = [_eos_id(tokenizer)] if add_eos else []
+    specials = special_tokens(tokenizer)
+    if add_eos:
+        specials.require_eos(tokenizer)
 
     def encode(batch: dict[str, list]) -> dict[str, list]:
-        prompts = _encode(tokenizer, batch["prompt"])
-        completions = _encode(tokenizer, batch["completion"])
+        prompts = encode_texts(tokenizer, batch["prompt"])
+        completions = encode_texts(tokenizer, batch["completion"])
         input_ids, labels, needs = [], [], []
         for p, c in zip(prompts, completions):
-            target = list(c) + eos
-            budget = max_length - len(prefix) - len(target)
-            if budget < 1 or not target:
-                # -1 marks "does not fit"; -2 marks "nothing to learn"; reported once, after map.
-                needs.append(len(prefix) + len(target) + 1 if target else -2)
+            row = causal_row(specials, p, c, max_length, add_eos)
+            if row is None:
+                # -1 marks "fits"; -2 marks "nothing to learn"; a length marks "does not fit"; reported once.
+                empty = not completion_target(specials, c, add_eos)
+                needs.append(-2 if empty else row_needs(specials, c, add_eos))
                 input_ids.append([])
                 labels.append([])
                 continue
             needs.append(-1)
-            p = list(p[-budget:]) if len(p) > budget else list(p)
-            ids = prefix + p + target
-            input_ids.append(ids)
-            labels.append([IGNORE_INDEX] * (len(prefix) + len(p)) + target)
+            input_ids.append(row[0])
+            labels.append(row[1])
         return {"input_ids": input_ids, "labels": labels, "_needs": needs}
 
     out = dataset.map(
@@ -146,20 +118,15 @@ def tokenize_seq2seq(
     that does not fit ``max_target_length`` is an error.
     """
     _require_columns(dataset, ("prompt", "completion"), "tokenize_seq2seq")
-    prefix, suffix = special_token_affixes(tokenizer)
-    eos = _eos_id(tokenizer)
-    budget = max_length - len(prefix) - len(suffix)
-    if budget < 1:
-        raise StrataError(
-            f"max_length={max_length} leaves no room for the prompt; use at least {len(prefix) + len(suffix) + 1}"
-        )
+    specials = special_tokens(tokenizer)
+    specials.require_eos(tokenizer)
+    encoder_input(specials, [], max_length)  # fails early when max_length leaves no room for a prompt
 
     def encode(batch: dict[str, list]) -> dict[str, list]:
-        prompts = _encode(tokenizer, batch["prompt"])
-        completions = _encode(tokenizer, batch["completion"])
-        input_ids = [prefix + list(p[-budget:] if len(p) > budget else p) + suffix for p in prompts]
-        labels = [list(c) + [eos] for c in completions]
-        return {"input_ids": input_ids, "labels": labels}
+        prompts = encode_texts(tokenizer, batch["prompt"])
+        completions = encode_texts(tokenizer, batch["completion"])
+        return {"input_ids": [encoder_input(specials, p, max_length) for p in prompts],
+                "labels": [completion_target(specials, c) for c in completions]}
 
     out = dataset.map(encode, batched=True, remove_columns=dataset.column_names, desc="Tokenizing seq2seq")
     lengths = np.fromiter((len(x) for x in out["labels"]), dtype=np.int64, count=len(out))
@@ -188,10 +155,10 @@ def tokenize_pretraining(
     _require_columns(dataset, ("text",), "tokenize_pretraining")
     if max_length < 2:
         raise StrataError(f"max_length={max_length} is too small; use at least 2")
-    eos = _eos_id(tokenizer)
+    eos = special_tokens(tokenizer).require_eos(tokenizer)
 
     def encode(batch: dict[str, list]) -> dict[str, list]:
-        docs = _encode(tokenizer, batch["text"])
+        docs = encode_texts(tokenizer, batch["text"])
         pieces: list[np.ndarray] = []
         for d in docs:
             if len(d):

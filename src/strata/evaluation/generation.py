@@ -1,7 +1,8 @@
 """Greedy generation for evaluation, plus turning generations into labels and math answers.
 
-Prompts are tokenized the same way as in training and scoring (``tokenizer(prompt)``) and
-padded by hand (left for decoder-only, right for encoder-decoder), so a tokenizer without a
+Prompts are encoded by :mod:`strata.data.encoding`, the contract training rows are built with: the
+ids generation starts from are the training row's context (decoder-only: BOS where the tokenizer
+uses one, never a trailing EOS) or its encoder input (encoder-decoder). They are padded by hand (left for decoder-only, right for encoder-decoder), so a tokenizer without a
 pad token works without being mutated. Answer parsing lives in ``strata.evaluation.answers``,
 shared with the RL rewards so a reward and the reported metric agree on what an answer is.
 """
@@ -11,19 +12,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from strata.data.encoding import encode_texts, generation_prompt, special_tokens
 from strata.errors import StrataError
 from strata.evaluation.answers import extract_number, first_label_word, has_final_answer_line, numbers_match
 from strata.evaluation.scoring import (
     decoder_start_id,
-    empty_context_ids,
     eos_ids,
     eval_context,
     is_encoder_decoder,
     model_device,
     pad_batch,
     pad_id,
-    special_prefix_len,
-    truncate_left,
 )
 
 __all__ = ["generate_texts", "parse_label", "cut_after_final_answer", "score_math_answer"]
@@ -53,14 +52,9 @@ def generate_texts(
     enc_dec = is_encoder_decoder(model)
     pad = pad_id(tokenizer, model)
     stops = eos_ids(tokenizer, model)
-    keep_prefix = special_prefix_len(tokenizer)
-    budget = None
-    if max_length is not None:
-        budget = max_length if enc_dec else max_length - max_new_tokens
-        if budget < 1:
-            raise StrataError(
-                f"max_length={max_length} leaves no room for the prompt; raise it above max_new_tokens"
-            )
+    specials = special_tokens(tokenizer)
+    all_ids = [generation_prompt(specials, ids, encoder_decoder=enc_dec, max_length=max_length,
+                                 max_new_tokens=max_new_tokens) for ids in encode_texts(tokenizer, prompts)]
     gen_kwargs: dict[str, Any] = {
         "max_new_tokens": max_new_tokens,
         "do_sample": False,
@@ -70,14 +64,10 @@ def generate_texts(
     if enc_dec:
         gen_kwargs["decoder_start_token_id"] = decoder_start_id(model)
     device = model_device(model)
-    all_ids = [list(ids) for ids in tokenizer(prompts)["input_ids"]]
     outputs: list[str] = []
     with eval_context(model):
         for start in range(0, len(prompts), batch_size):
-            rows = []
-            for ids in all_ids[start : start + batch_size]:
-                ids = ids or empty_context_ids(tokenizer, model)
-                rows.append(truncate_left(ids, budget, keep_prefix) if budget is not None else ids)
+            rows = all_ids[start : start + batch_size]
             ids, mask, _ = pad_batch(rows, pad, "right" if enc_dec else "left")
             generated = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **gen_kwargs)
             # decoder-only output repeats the prompt; encoder-decoder output starts with the decoder start token

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch.nn.functional as F
 
+from strata.data.encoding import document_ids, encode_texts, special_tokens
 from strata.errors import StrataError
 from strata.evaluation.scoring import (
     decoder_start_id,
@@ -115,15 +116,17 @@ def perplexity_from_rows(
 def text_windows(tokenizer: Any, texts: Sequence[str], max_length: int) -> tuple[list[dict], list[int]]:
     """Split each tokenized text into non-overlapping windows of ``max_length`` tokens.
 
-    Returns the window rows and, per window, the index of its text. The first token of each
-    window has no context and is not scored; windows of one token are dropped.
+    Each text is encoded as the pretraining stream holds a document (:func:`strata.data.encoding.document_ids`:
+    its tokens, then EOS, no BOS). Returns the window rows and, per window, the index of its text. The
+    first token of each window has no context and is not scored; windows of one token are dropped.
     """
     if max_length < 2:
         raise StrataError(f"max_length must be at least 2 to score a token, got {max_length}")
     rows: list[dict] = []
     owners: list[int] = []
-    for i, ids in enumerate(tokenizer([str(t) for t in texts])["input_ids"]):
-        ids = list(ids)
+    specials = special_tokens(tokenizer)
+    for i, text_ids in enumerate(encode_texts(tokenizer, [str(t) for t in texts])):
+        ids = document_ids(specials, text_ids)
         for start in range(0, len(ids), max_length):
             window = ids[start : start + max_length]
             if len(window) >= 2:

@@ -1,9 +1,10 @@
 """Multiple-choice scoring by log-likelihood, the way lm-evaluation-harness does it.
 
-Each choice is scored as the summed log-probability of its tokens given the prompt. Prompt and
-choice are tokenized separately and concatenated, exactly like training builds its rows, so the
-scores measure the same distribution the model was trained on. Scoring never generates: it is
-one teacher-forced forward for all choices of a group of examples.
+Each choice is scored as the summed log-probability of its tokens given the prompt. The context of
+a choice is built by :mod:`strata.data.encoding`, the contract training rows are built with: the
+score of the gold label is minus the summed loss of those tokens in the very training row (tested
+per tokenizer family). Scoring never generates: it is one teacher-forced forward for all choices
+of a group of examples.
 
 The small helpers at the top (eval mode, device, padding, truncation) are shared by the other
 evaluation modules.
@@ -20,6 +21,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from strata.data.encoding import (
+    SpecialTokens,
+    completion_target,
+    context_budget,
+    decoder_context,
+    encode_texts,
+    encoder_input,
+    row_needs,
+    special_tokens,
+)
 from strata.errors import StrataError
 
 __all__ = ["ChoiceScores", "label_loglikelihoods", "score_choices"]
@@ -124,41 +135,6 @@ def decoder_start_id(model: Any) -> int:
     raise StrataError("the encoder-decoder model has no decoder_start_token_id; set it in its config")
 
 
-def empty_context_ids(tokenizer: Any, model: Any | None = None) -> list[int]:
-    """What an empty prompt becomes so the first target token has a context (harness uses eos)."""
-    for candidate in (getattr(tokenizer, "bos_token_id", None), getattr(tokenizer, "eos_token_id", None)):
-        found = _first_id(candidate)
-        if found is not None:
-            return [found]
-    found = _first_id(getattr(getattr(model, "config", None), "bos_token_id", None))
-    if found is not None:
-        return [found]
-    raise StrataError("an empty prompt needs a bos or eos token to condition on; give the tokenizer one")
-
-
-def special_prefix_len(tokenizer: Any) -> int:
-    """How many special tokens the tokenizer puts before the text (Llama's BOS: 1, GPT-2: 0)."""
-    with_special = list(tokenizer("a")["input_ids"])
-    without = list(tokenizer("a", add_special_tokens=False)["input_ids"])
-    if not without:
-        return 0
-    for start in range(len(with_special) - len(without) + 1):
-        if with_special[start : start + len(without)] == without:
-            return start
-    return 0
-
-
-def truncate_left(ids: list[int], budget: int, keep_prefix: int = 0) -> list[int]:
-    """Keep the right end of ``ids`` within ``budget`` tokens, keeping ``keep_prefix`` leading specials."""
-    if len(ids) <= budget:
-        return list(ids)
-    if budget <= 0:
-        return []
-    if budget <= keep_prefix:
-        return list(ids[len(ids) - budget :])
-    return list(ids[:keep_prefix]) + list(ids[len(ids) - (budget - keep_prefix) :])
-
-
 def pad_batch(
     rows: Sequence[Sequence[int]], pad_value: int, side: str = "right"
 ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
@@ -245,20 +221,17 @@ def score_choices(
     if batch_size < 1:
         raise StrataError(f"batch_size must be at least 1, got {batch_size}")
 
-    prompt_ids = [list(ids) for ids in tokenizer(prompts)["input_ids"]]
+    specials = special_tokens(tokenizer)
+    prompt_ids = encode_texts(tokenizer, prompts)
     unique_choices = sorted({ch for row in per_example for ch in row})
-    choice_tok = dict(
-        zip(
-            unique_choices,
-            (list(ids) for ids in tokenizer(unique_choices, add_special_tokens=False)["input_ids"]),
-        )
-    )
+    choice_tok = dict(zip(unique_choices, encode_texts(tokenizer, unique_choices)))
     for text, ids in choice_tok.items():
         if not ids:
             raise StrataError(f"choice {text!r} tokenizes to no tokens; use a non-empty continuation")
-        if max_length is not None and len(ids) > max_length:
+        if max_length is not None and row_needs(specials, ids) > max_length:
             raise StrataError(
-                f"choice {text!r} has {len(ids)} tokens > max_length={max_length}; raise max_length"
+                f"choice {text!r} needs {row_needs(specials, ids)} tokens with its prompt's first token and "
+                f"EOS > max_length={max_length}; raise max_length"
             )
 
     loglik = torch.zeros((n, c), dtype=torch.float64)
@@ -266,7 +239,6 @@ def score_choices(
     greedy = torch.zeros((n, c), dtype=torch.bool)
     num_chars = torch.tensor([[len(ch) for ch in row] for row in per_example], dtype=torch.long)
     enc_dec = is_encoder_decoder(model)
-    keep_prefix = special_prefix_len(tokenizer)
     pad = pad_id(tokenizer, model)
     side = "right" if enc_dec else getattr(tokenizer, "padding_side", "right")
     device = model_device(model)
@@ -278,11 +250,11 @@ def score_choices(
             ctxs = [prompt_ids[i] for i in examples for _ in range(c)]
             if enc_dec:
                 sums, counts, all_greedy = _score_encoder_decoder(
-                    model, tokenizer, ctxs, conts, max_length, keep_prefix, pad, device
+                    model, specials, ctxs, conts, max_length, pad, device
                 )
             else:
                 sums, counts, all_greedy = _score_decoder_only(
-                    model, tokenizer, ctxs, conts, max_length, keep_prefix, pad, side, device
+                    model, specials, ctxs, conts, max_length, pad, side, device
                 )
             rows = len(examples)
             loglik[start : start + rows] = sums.view(rows, c)
@@ -309,22 +281,23 @@ def _gather_scores(
 
 def _score_decoder_only(
     model: Any,
-    tokenizer: Any,
+    specials: SpecialTokens,
     ctxs: list[list[int]],
     conts: list[list[int]],
     max_length: int | None,
-    keep_prefix: int,
     pad: int,
     side: str,
     device: torch.device,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One forward over ``context + continuation[:-1]`` rows; the last token is never fed."""
+    """One forward over ``context + continuation[:-1]`` rows; the last token is never fed.
+
+    The context is the one the training row with this choice as completion has (same prefix, same
+    left truncation for the same ``max_length``: the row holds the choice *and* its EOS).
+    """
     inputs: list[list[int]] = []
     ctx_lens: list[int] = []
     for ctx, cont in zip(ctxs, conts):
-        ctx = ctx or empty_context_ids(tokenizer, model)
-        if max_length is not None:
-            ctx = truncate_left(ctx, max_length - len(cont) + 1, keep_prefix)
+        ctx = decoder_context(specials, ctx, context_budget(max_length, len(completion_target(specials, cont))))
         inputs.append(ctx + cont[:-1])
         ctx_lens.append(len(ctx))
     ids, mask, offsets = pad_batch(inputs, pad, side)
@@ -350,24 +323,17 @@ def _score_decoder_only(
 
 def _score_encoder_decoder(
     model: Any,
-    tokenizer: Any,
+    specials: SpecialTokens,
     ctxs: list[list[int]],
     conts: list[list[int]],
     max_length: int | None,
-    keep_prefix: int,
     pad: int,
     device: torch.device,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Prompt into the encoder, ``[start] + choice[:-1]`` into the decoder; both right-padded.
-
-    Right padding always: BART's learned positions would shift under left padding.
+    """The training row's encoder input into the encoder, ``[start] + choice[:-1]`` into the decoder;
+    both right-padded (BART's learned positions would shift under left padding).
     """
-    enc_rows = []
-    for ctx in ctxs:
-        ctx = ctx or empty_context_ids(tokenizer, model)
-        if max_length is not None:
-            ctx = truncate_left(ctx, max_length, keep_prefix)
-        enc_rows.append(ctx)
+    enc_rows = [encoder_input(specials, ctx, max_length) for ctx in ctxs]
     start = decoder_start_id(model)
     dec_rows = [[start] + cont[:-1] for cont in conts]
     enc_ids, enc_mask, _ = pad_batch(enc_rows, pad, "right")
@@ -400,9 +366,10 @@ def label_loglikelihoods(
 ) -> torch.Tensor:
     """Summed log-probability of each choice's tokens given each prompt, shape ``[N, C]`` (float32, CPU).
 
-    Choices are continuation texts used verbatim (for label words pass ``" " + word``). Prompt
-    and choice are tokenized separately and concatenated, as in training. When ``prompt +
-    choice`` exceeds ``max_length`` tokens, the prompt keeps its right end (and a leading BOS).
+    Choices are continuation texts used verbatim (for label words pass ``" " + word``). Each
+    (prompt, choice) is encoded as the training row ``prompt -> choice + EOS`` would be
+    (:mod:`strata.data.encoding`): for a row longer than ``max_length`` the prompt keeps its right
+    end (and a leading BOS), exactly as training truncated it.
     Works for decoder-only (right or left padding) and encoder-decoder models. For
     length-normalised scores use :func:`score_choices` (``.per_token``, ``.per_char``).
     """

@@ -347,25 +347,32 @@ def run_diagnostics(folder: Path, examples: Any, per_source: int, max_length: in
     """Router diagnostics of one trained model on the evaluation prompts (tokens labelled by domain)."""
     import torch
 
+    from strata.data.encoding import causal_row, decoder_context, encode_texts, special_tokens
+    from strata.evaluation.scoring import pad_batch, pad_id
     from strata.experiments.diagnostics import collect_router_stats, routing_diagnostics
     from strata.models.loading import load_trained
 
     model, tokenizer = load_trained(str(folder / "final"), device=device)
     if getattr(model.config, "model_type", "") != "stratified":
         return {}
-    texts, domains = [], []
+    prompts, completions, domains = [], [], []
     for source in examples.evals:
         rows = source.dataset.select(range(min(per_source, len(source.dataset))))
-        texts += [p + c for p, c in zip(rows["prompt"], rows["completion"])]
+        prompts += rows["prompt"]
+        completions += rows["completion"]
         domains += [str(d) for d in rows["domain"]]
     names = sorted(set(domains))
     ids = [names.index(d) for d in domains]
-    tokenizer.truncation_side = "left"
+    # The very rows training built (strata.data.encoding): prompt, completion, EOS; prompt cut from the left.
+    specials = special_tokens(tokenizer)
+    rows_ids = []
+    for p, c in zip(encode_texts(tokenizer, prompts), encode_texts(tokenizer, completions)):
+        row = causal_row(specials, p, c, max_length)
+        rows_ids.append(row[0] if row is not None else decoder_context(specials, p, max_length))
     batches, domain_ids = [], []
-    for start in range(0, len(texts), 16):
-        enc = tokenizer(texts[start:start + 16], padding=True, truncation=True, max_length=max_length,
-                        return_tensors="pt")
-        batches.append({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
+    for start in range(0, len(rows_ids), 16):
+        input_ids, mask, _ = pad_batch(rows_ids[start:start + 16], pad_id(tokenizer, model), "right")
+        batches.append({"input_ids": input_ids, "attention_mask": mask})
         domain_ids.append(torch.tensor(ids[start:start + 16]))
     stats = collect_router_stats(model, batches, domain_ids=domain_ids)
     diag = routing_diagnostics(stats, n_permutations=100, max_points=1500)
