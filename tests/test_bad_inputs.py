@@ -29,6 +29,8 @@ def make_inputs(root: Path) -> None:
     (inputs / "unknownkey.yaml").write_text("learning_rat: 0.1\n")
     (inputs / "list.yaml").write_text("- max_steps\n- 3\n")
     (inputs / "syntax.json").write_text('{"max_steps": 3,}\n')
+    (inputs / "rlflag.yaml").write_text("temperature: 0.7\n")
+    (inputs / "textonly.jsonl").write_text("".join(json.dumps({"text": f"line {i}"}) + "\n" for i in range(8)))
     (inputs / "notafile").mkdir()
     checkpoint = inputs / "run" / "checkpoints" / "checkpoint-4"
     checkpoint.mkdir(parents=True)
@@ -64,6 +66,14 @@ CASES = [
     (T, ["--train_split", "train[:"], "split"),
     (T, ["--train_split", "nosuchsplit"], "nosuchsplit"),
     (T, ["--max_length", "4"], "--max_length 4 is too small"),
+    # inputs mean what they say: --task, label names, a dataset the model cannot read
+    (T, ["--dataset", "{in}/rows.jsonl", "--label_names", "a,b,c"], "gives 3 names but column 'label'"),
+    (T, ["--dataset", "glue", "--dataset_config", "sst2", "--label_names", "a,b,c"], "gives 3 names but"),
+    (T, ["--dataset", "{in}/rows.jsonl", "--task", "math"], "--task math is not available for a local file"),
+    (T, ["--dataset", "{in}/textonly.jsonl"], "has no column 'label' (--label_column, for --task classification)"),
+    (T, ["--dataset", "{in}/textonly.jsonl", "--task", "qa"], "has no column 'question'"),
+    (T, ["--dataset", "{in}/textonly.jsonl", "--task", "pretrain"], "use --mode pretrain"),
+    (T, ["--dataset", "sujet-ai/Sujet-Finance-QA-Vision-100k"], "needs a vision-language model"),
     # model
     (T, ["--model", "{in}/does/not/exist"], "no such folder"),
     (T, ["--model", "{in}/badmodel"], "is not valid JSON"),
@@ -84,7 +94,16 @@ CASES = [
     (T, ["--model", "strata-tiny", "--init", "pretrained"], "is a preset"),
     # training
     (T, ["--mode", "finetune"], "--mode 'finetune' is not one of"),
-    (T, ["--max_steps", "0"], "--max_steps 0 trains nothing"),
+    (T, ["--max_steps", "0"], "--max_steps 0 is not a step count"),
+    (T, ["--max_steps", "-5"], "--max_steps -5 is not a step count"),
+    (T, ["--max_steps", "-1", "--num_train_epochs", "0"], "--num_train_epochs 0.0 trains nothing"),
+    # flags the mode does not use (strata/flag_usage.py)
+    (T, ["--mode", "rl", "--eval_method", "generate"], "--eval_method is not used by --mode rl"),
+    (T, ["--mode", "rl", "--early_stopping_patience", "2"], "--early_stopping_patience is not used by --mode rl"),
+    (T, ["--mode", "pretrain", "--eval_method", "generate"], "--eval_method is not used by --mode pretrain"),
+    (T, ["--mode", "pretrain", "--grpo_beta", "0.2"], "--grpo_beta is not used by --mode pretrain"),
+    (T, ["--grpo-group-size=4"], "--grpo_group_size is not used by --mode sft"),
+    (T, ["--config", "{in}/rlflag.yaml"], "--temperature is not used by --mode sft"),
     (T, ["--per_device_train_batch_size", "0"], "must be at least 1"),
     (T, ["--eval_method", "vibes"], "--eval_method 'vibes' is not one of"),
     (T, ["--load_best_model_at_end"], "needs checkpoints"),

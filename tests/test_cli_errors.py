@@ -65,9 +65,9 @@ def test_config_file_values_and_command_line_precedence(tmp_path):
     assert parsed.data.dataset == "glue" and parsed.data.dataset_config == "sst2"
     assert parsed.data.use_packing is True
     json_config = tmp_path / "run.json"
-    json_config.write_text('{"mode": "pretrain", "reward_funcs": ["math_answer,format"]}')
+    json_config.write_text('{"mode": "rl", "reward_funcs": ["math_answer,format"]}')
     parsed = parse_run_config(["--config", str(json_config)])
-    assert parsed.train.mode == "pretrain"
+    assert parsed.train.mode == "rl"
     assert parsed.train.reward_funcs == ["math_answer", "format"]
 
 

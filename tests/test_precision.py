@@ -35,3 +35,23 @@ def test_a_run_on_a_cpu_without_amx_trains_in_fp32(monkeypatch, tmp_path):
     args = [a for a in FAST if a not in ("--precision", "fp32")]
     assert run_strata("train", *args, "--max_steps", "2", "--device", "cpu", "--runs_dir", runs) == 0
     assert metrics(only_run(runs))["run"]["precision"] == "fp32"
+
+
+def test_amx_auto_is_named_as_it_runs_bf16_autocast_over_fp32_weights(monkeypatch, tmp_path):
+    """Trainer's bf16 is autocast: the weights stay fp32. The run's record must say so, not just "bf16"."""
+    from safetensors import safe_open
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.setattr(loading, "cpu_has_amx", lambda cpuinfo=None: True)
+    runs = tmp_path / "runs"
+    args = [a for a in FAST if a not in ("--precision", "fp32")]
+    assert run_strata("train", *args, "--max_steps", "1", "--device", "cpu", "--runs_dir", runs) == 0
+    run = only_run(runs)
+    with safe_open(str(run / "final" / "model.safetensors"), "pt") as weights:  # independent of our record
+        stored = {weights.get_slice(k).get_dtype() for k in weights.keys()}
+    assert stored == {"F32"}
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"tensors": 0})
+    events.Reload()
+    text = events.Tensors("run/precision/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert text.strip("`\n") == "bf16 autocast, fp32 weights"
+    assert metrics(run)["run"]["precision_as_run"] == "bf16 autocast, fp32 weights"

@@ -7,7 +7,7 @@ import json
 import pytest
 from transformers import GPT2Config
 
-from strata.data import registry
+from strata.data import local_files, registry
 from strata.data.formatting import format_example, load_formatted
 from strata.errors import StrataError
 
@@ -100,7 +100,7 @@ def _write_jsonl(path, rows):
 def test_local_jsonl_with_columns_and_label_names(tmp_path):
     path = tmp_path / "tickets.jsonl"
     _write_jsonl(path, [{"body": f"ticket {i}", "y": i % 3} for i in range(30)])
-    spec = registry.spec_for_local(str(path), "body", "y", "low,medium,high")
+    spec = local_files.spec_for_local(str(path), "body", "y", "low,medium,high")
     assert (spec.family, spec.label_words, spec.prompt_template) == (
         "classification", ("low", "medium", "high"), "generic_classification")
     fd = load_formatted(str(path), split="train[:3]", text_column="body", label_column="y", label_names="low,medium,high")
@@ -128,14 +128,14 @@ def test_local_csv_string_labels_and_custom_template(tmp_path):
 def test_local_missing_column_names_the_existing_ones(tmp_path):
     path = tmp_path / "data.jsonl"
     _write_jsonl(path, [{"body": "x", "y": 0}])
-    with pytest.raises(StrataError, match=r"has no column 'text' \(--text_column\); its columns are body, y"):
-        registry.spec_for_local(str(path))
+    with pytest.raises(StrataError, match=r"has no column 'text' \(--text_column, for --task classification\); its columns are body, y"):
+        local_files.spec_for_local(str(path))
 
 
 def test_local_label_out_of_range(tmp_path):
     path = tmp_path / "data.jsonl"
     _write_jsonl(path, [{"text": "a", "label": 0}, {"text": "b", "label": 3}])
-    with pytest.raises(StrataError, match=r"label 3 is out of range for 2 label words \['neg', 'pos'\]"):
+    with pytest.raises(StrataError, match=r"gives 2 names but column 'label' .* holds label ids 0..3"):
         load_formatted(str(path), label_names="neg,pos")
 
 
@@ -187,3 +187,32 @@ def test_describe_notes_missing_offline_data(hub_mirror):
 def test_unsupported_mode_lists_supported_modes():
     with pytest.raises(StrataError, match="does not support --mode pretrain; it supports sft, rl"):
         load_formatted("mmlu", mode="pretrain")
+
+
+def test_task_selects_the_family_of_a_local_file(tmp_path):
+    """--task pretrain reads a text-only file as raw text; --task qa reads question/answer columns."""
+    text_only = tmp_path / "notes.jsonl"
+    _write_jsonl(text_only, [{"text": f"note number {i}"} for i in range(10)])
+    raw = load_formatted(str(text_only), split="train[:2]", mode="pretrain")
+    assert raw.family == "pretrain" and raw.dataset[1] == {"text": "note number 1"}
+    assert load_formatted(str(text_only), split="train[:1]", mode="pretrain", task="pretrain").family == "pretrain"
+
+    qa = tmp_path / "faq.jsonl"
+    _write_jsonl(qa, [{"question": f"What is {i}+1?", "answer": str(i + 1)} for i in range(10)])
+    fd = load_formatted(str(qa), split="train[:1]", task="qa")
+    assert fd.family == "qa"
+    assert fd.dataset[0] == {"prompt": "Answer the question.\n\nQuestion: What is 0+1?\nAnswer:", "completion": " 1",
+                             "label": -1, "reference": "1", "domain": "faq"}
+    # a labelled file in pretrain mode keeps being a classification set, written out as text
+    labelled = tmp_path / "labelled.jsonl"
+    _write_jsonl(labelled, [{"text": "fine", "label": 0}, {"text": "bad", "label": 1}] * 5)
+    assert load_formatted(str(labelled), split="train[:1]", mode="pretrain").family == "classification"
+
+
+def test_label_names_must_match_the_labels_present(tmp_path):
+    path = tmp_path / "news.csv"
+    path.write_text("headline,sentiment\nStocks soar,up\nStocks sink,down\n")
+    with pytest.raises(StrataError, match=r"names \['flat'\], which column 'sentiment'"):
+        load_formatted(str(path), text_column="headline", label_column="sentiment", label_names="down,flat,up")
+    with pytest.raises(StrataError, match=r"labels \['up'\] of column 'sentiment' are not among"):
+        load_formatted(str(path), text_column="headline", label_column="sentiment", label_names="down,flat")

@@ -12,10 +12,11 @@ from typing import Any
 
 from strata.config_file import load_config_file
 from strata.errors import StrataError
+from strata.flag_usage import MODES, check_flags_for_mode
 
 DEFAULT_DATASET = "strata/synthetic-strata"
 DEFAULT_MODEL = "strata-tiny"
-MODES = ("sft", "pretrain", "rl")
+__all__ = ["MODES", "DataArguments", "ModelArguments", "RunConfig", "TrainArguments", "parse_run_config"]
 
 
 @dataclass
@@ -268,8 +269,11 @@ def parse_run_config(argv: list[str] | None = None, prog: str = "strata train") 
     argv = list(sys.argv[1:] if argv is None else argv)
     config_path, rest = _split_config_flag(argv)
     parser = build_parser(prog=prog)
+    given = given_flags(rest)
     if config_path is not None:
-        parser.set_defaults(**load_config_file(config_path, ALL_ARGUMENT_CLASSES))
+        from_file = load_config_file(config_path, ALL_ARGUMENT_CLASSES)
+        parser.set_defaults(**from_file)
+        given |= set(from_file)
     outputs = parser.parse_args_into_dataclasses(args=rest, return_remaining_strings=True)
     data, model, train, _extra = outputs[0], outputs[1], outputs[2], outputs[-1]
     if _extra:
@@ -280,8 +284,15 @@ def parse_run_config(argv: list[str] | None = None, prog: str = "strata train") 
         model=ModelArguments(**{f.name: merged[f.name] for f in fields(ModelArguments)}),
         train=TrainArguments(**{f.name: merged[f.name] for f in fields(TrainArguments)}),
     )
+    if config.train.mode in MODES:  # an unknown mode is validate()'s to report
+        check_flags_for_mode(config.train.mode, given)
     validate(config)
     return config
+
+
+def given_flags(argv: list[str]) -> set[str]:
+    """Names of the flags written in ``argv`` (``--a_b x``, ``--a-b=x``), as dataclass field names."""
+    return {arg[2:].split("=", 1)[0].replace("-", "_") for arg in argv if arg.startswith("--") and len(arg) > 2}
 
 
 def validate(config: RunConfig) -> None:
@@ -310,8 +321,11 @@ def validate(config: RunConfig) -> None:
         raise StrataError(f"--max_length {d.max_length} is too small; use at least 8")
     if t.per_device_train_batch_size < 1 or t.gradient_accumulation_steps < 1:
         raise StrataError("--per_device_train_batch_size and --gradient_accumulation_steps must be at least 1")
-    if t.max_steps == 0:
-        raise StrataError("--max_steps 0 trains nothing; pass a positive number, or -1 to use --num_train_epochs")
+    if t.max_steps == 0 or t.max_steps < -1:
+        raise StrataError(f"--max_steps {t.max_steps} is not a step count; pass a positive number, or -1 to use "
+                          "--num_train_epochs")
+    if t.max_steps == -1 and t.num_train_epochs <= 0:
+        raise StrataError(f"--num_train_epochs {t.num_train_epochs} trains nothing; pass a positive number")
     for flag in ("max_train_examples", "max_eval_examples"):
         value = getattr(d, flag)
         if value is not None and value < 1:

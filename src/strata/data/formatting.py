@@ -17,7 +17,8 @@ import datasets
 
 from strata import hub
 from strata.data import prompts
-from strata.data.registry import MODES, REGISTRY, DatasetSpec, get_spec, spec_for_local
+from strata.data.local_files import spec_for_local
+from strata.data.registry import MODES, REGISTRY, DatasetSpec, get_spec
 from strata.errors import StrataError
 
 SFT_COLUMNS = ("prompt", "completion", "label", "reference", "domain")
@@ -186,11 +187,14 @@ def _resolve_spec(
     label_column: str | None,
     label_names: list[str] | str | None,
     prompt_template: str | None,
+    task: str = "auto",
+    mode: str = "sft",
 ) -> DatasetSpec:
     local = Path(dataset_id).expanduser()
     # A local path wins, except a folder that merely shares its name with a registered hub id ("nyu-mll/glue").
     if local.is_file() or (local.is_dir() and hub.canonical_dataset_id(dataset_id) not in REGISTRY):
-        return spec_for_local(dataset_id, text_column, label_column, label_names, prompt_template)
+        return spec_for_local(dataset_id, text_column, label_column, label_names, prompt_template, task=task,
+                              mode=mode)
     spec = get_spec(dataset_id)
     overrides: dict[str, Any] = {}
     if text_column:
@@ -198,8 +202,12 @@ def _resolve_spec(
     if label_column:
         overrides["label_column"] = label_column
     if label_names:
-        names = label_names.split(",") if isinstance(label_names, str) else label_names
-        overrides["label_words"] = tuple(n.strip() for n in names)
+        names = tuple(n.strip() for n in (label_names.split(",") if isinstance(label_names, str) else label_names))
+        if spec.family != "classification" or spec.score_thresholds is not None:
+            raise StrataError(f"--label_names renames classification labels; '{spec.id}' is {spec.family}"
+                              + (" with labels binned from a score" if spec.score_thresholds else "")
+                              + ": drop --label_names")
+        overrides["label_words"] = names
     if prompt_template:
         overrides["prompt_template"] = prompts.check_template(prompt_template)
     if overrides:
@@ -246,9 +254,15 @@ def load_formatted(
     """
     if mode not in MODES:
         raise StrataError(f"unknown mode '{mode}'; use one of {', '.join(MODES)}")
-    base = _resolve_spec(dataset_id, text_column, label_column, label_names, prompt_template)
+    base = _resolve_spec(dataset_id, text_column, label_column, label_names, prompt_template, task, mode)
     config = config or base.default_config
     spec = base.for_config(config)
+    if label_names and spec.local_path is None:
+        original = get_spec(dataset_id).for_config(config).label_words or ()
+        if original and len(spec.label_words or ()) != len(original):
+            raise StrataError(f"--label_names gives {len(spec.label_words or ())} names but '{spec.id}' "
+                              f"({config}) has {len(original)} labels ({', '.join(original)}); give exactly "
+                              f"{len(original)}, in label-id order")
     if mode not in spec.modes:
         raise StrataError(
             f"dataset '{spec.id}' does not support --mode {mode}; it supports {', '.join(spec.modes)}"

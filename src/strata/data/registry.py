@@ -12,7 +12,6 @@ import dataclasses
 import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from strata.data import prompts, synthetic
@@ -580,66 +579,6 @@ def get_spec(id_or_alias: str) -> DatasetSpec:
         f"unknown dataset '{id_or_alias}'; {hint}see `strata datasets`, or pass a local .jsonl/.csv/.parquet file "
         "with --text_column and --label_column"
     )
-
-
-def spec_for_local(
-    path: str,
-    text_column: str | None = None,
-    label_column: str | None = None,
-    label_names: list[str] | str | None = None,
-    prompt_template: str | None = None,
-) -> DatasetSpec:
-    """A classification spec for a local file or folder, checked against the file's real columns.
-
-    Labels may be ints (ids into ``label_names``) or strings (the names themselves). Without
-    ``label_names`` the names are taken from the data: sorted distinct strings, or "0".."n-1" for ints.
-    """
-    from strata import hub  # lazy: hub imports the registry for aliases
-
-    available = hub.available_splits(path)
-    sample_split = "train" if "train" in available else available[0]
-    data = hub.load_split(path, None, sample_split)
-    columns = list(data.column_names)
-    text_column = text_column or "text"
-    label_column = label_column or "label"
-    for role, column in (("--text_column", text_column), ("--label_column", label_column)):
-        if column not in columns:
-            raise StrataError(
-                f"{path} has no column '{column}' ({role}); its columns are {', '.join(columns)}"
-            )
-    names = _label_names(label_names, data[label_column], path, label_column)
-    template = prompts.check_template(prompt_template) if prompt_template else "generic_classification"
-    eval_split = next((s for s in ("validation", "test") if s in available), sample_split)
-    stem = Path(path).stem if Path(path).is_file() else Path(path).name
-    return DatasetSpec(
-        hub_id=str(path),
-        local_path=str(path),
-        family="classification",
-        description=f"local file {path}",
-        domain=stem,
-        tag=stem,
-        train_split=sample_split,
-        eval_split=eval_split,
-        eval_carve=EvalCarve(sample_split, 0.1, 0) if eval_split == sample_split else None,
-        text_column=text_column,
-        label_column=label_column,
-        label_words=tuple(names),
-        prompt_template=template,
-        verified_offline=True,
-    )
-
-
-def _label_names(given: list[str] | str | None, values: list, path: str, column: str) -> list[str]:
-    if isinstance(given, str):
-        given = [name.strip() for name in given.split(",") if name.strip()]
-    if given:
-        return list(given)
-    present = {v for v in values if v is not None}
-    if all(isinstance(v, str) for v in present):
-        return sorted(present)
-    if all(isinstance(v, int) and not isinstance(v, bool) for v in present):
-        return [str(i) for i in range(max(present, default=0) + 1)]
-    raise StrataError(f"{path}: column '{column}' mixes label types; pass --label_names a,b,c")
 
 
 def check_model_supports(spec: DatasetSpec, model_config: Any) -> None:

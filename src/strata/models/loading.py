@@ -64,6 +64,11 @@ class LoadedModel:
     def trainable_percent(self) -> float:
         return 100.0 * self.trainable_params / max(1, self.total_params)
 
+    @property
+    def precision_description(self) -> str:
+        """The precision as it runs, e.g. "bf16 autocast, fp32 weights" (logs, TensorBoard, metrics.json)."""
+        return describe_precision(self.precision, self.model)
+
 
 # ---------------------------------------------------------------------------- device and precision
 def resolve_device(requested: str) -> str:
@@ -108,6 +113,27 @@ def resolve_precision(requested: str, device: str) -> str:
     if requested == "bf16" and device == "cuda" and not torch.cuda.is_bf16_supported():
         raise StrataError("this GPU does not support bf16; use --precision fp16 or fp32")
     return requested
+
+
+_DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.uint8: "4-bit",
+                torch.int8: "int8"}
+
+
+def describe_precision(precision: str, model: torch.nn.Module) -> str:
+    """Name what Trainer will do with ``precision`` and what the weights are stored in.
+
+    Trainer's ``bf16=True``/``fp16=True`` is autocast: matmuls run in half precision while the weights
+    (and optimizer state) stay in the dtype they were loaded in, so "bf16" alone would overstate it.
+    """
+    dtypes: dict[str, int] = {}
+    for param in model.parameters():
+        name = _DTYPE_NAMES.get(param.dtype, str(param.dtype).removeprefix("torch."))
+        dtypes[name] = dtypes.get(name, 0) + param.numel()
+    weights = "+".join(sorted(dtypes, key=lambda n: -dtypes[n])) or "no"
+    if precision == "fp32":
+        return f"fp32 compute, {weights} weights"
+    scaling = " with loss scaling" if precision == "fp16" else ""
+    return f"{precision} autocast{scaling}, {weights} weights"
 
 
 def resolve_attention(args: ModelArguments, device: str) -> str:
@@ -292,14 +318,19 @@ def read_model_config(path: str):
                           "config (or needs a newer transformers)") from err
 
 
+def config_from_flags(args: ModelArguments, mirror: str | None) -> PretrainedConfig | None:
+    """The model's config from the flags alone (no weights); None for a hub id that is not local."""
+    preset, path, _init = resolve_model_source(args, mirror)
+    if preset is not None:
+        return preset.make_config(384)  # the vocabulary size does not change the architecture class
+    if path is not None and Path(path).is_dir():
+        return read_model_config(path)
+    return None
+
+
 def check_architecture(args: ModelArguments, mirror: str | None, use_packing: bool = False) -> None:
     """Refuse encoder-only models, and packing where it would leak, from the config alone (no data, no weights)."""
-    preset, path, _init = resolve_model_source(args, mirror)
-    config = None
-    if preset is not None:
-        config = preset.make_config(384)  # the vocabulary size does not change the architecture class
-    elif path is not None and Path(path).is_dir():
-        config = read_model_config(path)
+    config = config_from_flags(args, mirror)
     if config is None:
         return
     kind = architecture_kind(config)
@@ -499,7 +530,8 @@ def load_for_training(args: ModelArguments, mirror: str | None, *, train_texts: 
                          attn_implementation=actual_attention(model), is_moe=plan.is_moe, total_params=total,
                          trainable_params=trainable, notes=notes)
     log(f"trainable parameters: {trainable:,} of {total:,} ({loaded.trainable_percent:.2f}%); "
-        f"attention {loaded.attn_implementation} (requested {attn}); device {device}; precision {precision}")
+        f"attention {loaded.attn_implementation} (requested {attn}); device {device}; "
+        f"precision {loaded.precision_description}")
     return loaded
 
 

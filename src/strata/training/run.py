@@ -23,6 +23,7 @@ from strata.errors import RunFailed, StrataError
 from strata.models.loading import (
     LoadedModel,
     check_architecture,
+    config_from_flags,
     load_for_training,
     resolve_attention,
     resolve_device,
@@ -143,6 +144,22 @@ def preflight(config: RunConfig) -> None:
     if config.train.resume_from_checkpoint is None and config.train.output_dir:
         explicit_run_folder(config.train.output_dir, resuming=False)
     check_architecture(config.model, config.data.hub_mirror, use_packing=config.data.use_packing)
+    refuse_vision_data(config)
+
+
+def refuse_vision_data(config: RunConfig) -> None:
+    """An image dataset with a text-only model fails here, before any data is read."""
+    from strata.data.registry import REGISTRY, check_model_supports
+    from strata.hub import canonical_dataset_id, looks_like_path
+
+    for dataset_id in config.data.datasets or [config.data.dataset]:
+        spec = None if looks_like_path(dataset_id) else REGISTRY.get(canonical_dataset_id(dataset_id))
+        if spec is not None and spec.requires_vision:
+            model_config = config_from_flags(config.model, config.data.hub_mirror)
+            if model_config is None:
+                raise StrataError(f"dataset '{spec.hub_id}' needs a vision-language model; {config.model.model} "
+                                  "is not available offline to check (mirror it, or pick a local model folder)")
+            check_model_supports(spec, model_config)
 
 
 def _choose_folder(config: RunConfig, key: str, dist: DistInfo,
@@ -287,7 +304,7 @@ def _metadata(config: RunConfig, examples: Examples, loaded: LoadedModel,
                   "model_type": loaded.model.config.model_type, "moe": loaded.is_moe, "notes": loaded.notes},
         "attention": f"{loaded.attn_implementation} (requested {loaded.attn_requested})",
         "device": f"{loaded.device} x{dist.world_size}",
-        "precision": loaded.precision,
+        "precision": loaded.precision_description,
         "datasets": {"tag": examples.tag, "family": examples.family, "sources": examples.sources},
     }
     return scalars, texts
@@ -319,7 +336,8 @@ def _run_summary(config: RunConfig, examples: Examples, loaded: LoadedModel, tok
         "model_source": loaded.source, "total_parameters": loaded.total_params,
         "learning_rate": resolved_learning_rate(config.train.learning_rate, loaded.init),
         "trainable_parameters": loaded.trainable_params, "attention": loaded.attn_implementation,
-        "device": loaded.device, "precision": loaded.precision, "world_size": dist.world_size,
+        "device": loaded.device, "precision": loaded.precision, "precision_as_run": loaded.precision_description,
+        "world_size": dist.world_size,
         "token_budget": token_budget(config, dist.world_size), "train_rows": len(tokenized.train),
         "loss_bearing_tokens": tokenized.loss_tokens,
     }
