@@ -17,23 +17,12 @@ import torch
 from transformers import Trainer
 from transformers.trainer_utils import EvalLoopOutput
 
+from strata.evaluation.task_metrics import scalar_metrics, task_metric_names
 from strata.training.guards import NonFiniteGuard
 
+__all__ = ["StrataTrainer", "scalar_metrics"]  # run.py takes scalar_metrics from here
+
 logger = logging.getLogger(__name__)
-
-
-def scalar_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    """Flatten nested metric dicts to loggable scalars (``per_domain.sst2.accuracy`` ...)."""
-    out: dict[str, float] = {}
-    for key, value in metrics.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, bool):
-            continue
-        if isinstance(value, (int, float)) and math.isfinite(float(value)):
-            out[name] = float(value)
-        elif isinstance(value, dict) and key in ("per_domain", "precision", "recall", "f1"):
-            out.update(scalar_metrics(value, prefix=f"{name}/"))
-    return out
 
 
 class StrataTrainer(Trainer):
@@ -120,21 +109,8 @@ class StrataTrainer(Trainer):
     def task_metrics(self, metric_key_prefix: str = "eval") -> dict[str, float]:
         """Scalar task metrics of every evaluation source: ``eval_accuracy`` for one source; for a mixture
         ``eval_<source>/accuracy`` per source plus their unweighted mean as ``eval_accuracy``."""
-        flat: dict[str, float] = {}
-        if not self.task_eval:
-            return flat
-        single = len(self.task_eval) == 1
-        for spec in self.task_eval:
-            task = self.run_task_evaluation(spec)
-            prefix = f"{metric_key_prefix}_" if single else f"{metric_key_prefix}_{spec['name']}/"
-            flat.update({f"{prefix}{k}": v for k, v in scalar_metrics(task).items()})
-        if not single:
-            for name in ("accuracy", "macro_f1", "exact_match"):
-                values = [self.last_task_metrics[s["name"]].get(name) for s in self.task_eval]
-                values = [v for v in values if isinstance(v, (int, float))]
-                if values:
-                    flat[f"{metric_key_prefix}_{name}"] = sum(values) / len(values)
-        return flat
+        per_source = {spec["name"]: self.run_task_evaluation(spec) for spec in self.task_eval}
+        return task_metric_names(per_source, metric_key_prefix) if per_source else {}
 
     def task_eval_details(self) -> dict[str, Any]:
         """Full (nested) metrics of the last task evaluation, for metrics.json."""
