@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+from conftest import HUB_MIRROR
 from helpers import FAST, final_weights, max_weight_diff, only_run, run_strata
 
 
@@ -85,3 +87,40 @@ def test_mixture_source_metric_drives_early_stopping(tmp_path, hub_mirror):
     for entry in evals:  # per-source names and their unweighted mean, in the same entry as the loss
         per_source = [entry["eval_glue-sst2/accuracy"], entry["eval_rotten-tomatoes-sentiment/accuracy"]]
         assert entry["eval_accuracy"] == sum(per_source) / 2 and "eval_loss" in entry
+
+
+def test_evaluate_without_a_token_level_eval_set_still_reaches_callbacks(tmp_path):
+    """No eval_dataset (only task sources): the task metrics are logged once and on_evaluate sees them."""
+    import datasets
+    import torch
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, TrainerCallback, TrainingArguments
+
+    from strata.evaluation import evaluate_dataset
+    from strata.training.trainer import StrataTrainer
+
+    gpt2_dir = HUB_MIRROR / "models" / "openai-community" / "gpt2"
+    if not gpt2_dir.is_dir():
+        pytest.skip(f"GPT-2 tokenizer files not at {gpt2_dir}")
+    tokenizer = AutoTokenizer.from_pretrained(str(gpt2_dir))
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=1, n_head=2, n_positions=64, vocab_size=len(tokenizer),
+                                       initializer_range=0.2))
+    rows = datasets.Dataset.from_dict({
+        "prompt": ["the film was great. Sentiment:", "awful and dull. Sentiment:", "a fine movie. Sentiment:"],
+        "completion": [" positive", " negative", " positive"], "label": [1, 0, 1]})
+    seen: list[dict] = []
+
+    class Record(TrainerCallback):
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            seen.append(dict(metrics))
+
+    spec = {"name": "toy", "dataset": rows, "family": "classification", "label_words": ["negative", "positive"],
+            "method": "loglik", "batch_size": 2, "max_length": 32, "max_examples": None}
+    trainer = StrataTrainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[]),
+                            processing_class=tokenizer, callbacks=[Record()], task_eval=[spec])
+    returned = trainer.evaluate()
+    reference = evaluate_dataset(model.eval(), tokenizer, rows, "classification", ["negative", "positive"],
+                                 batch_size=2, max_length=32)
+    assert returned["eval_accuracy"] == reference["accuracy"]
+    assert seen == [returned]
+    assert [e for e in trainer.state.log_history if "eval_accuracy" in e] == [{**returned, "step": 0}]
