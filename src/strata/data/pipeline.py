@@ -50,25 +50,11 @@ def load_examples(data: DataArguments, mode: str, seed: int) -> Examples:
     from strata.data.formatting import load_formatted
     from strata.data.mixture import mix, mixture_tag
 
-    if data.datasets:
-        ids = data.datasets
-        configs = data.dataset_configs or [None] * len(ids)
-        rates = data.mixture_rates or []
-    else:
-        ids, configs, rates = [data.dataset], [data.dataset_config], [1.0]
-    local = dict(
-        text_column=data.text_column,
-        label_column=data.label_column,
-        label_names=data.label_names,
-        prompt_template=data.prompt_template,
-        task=data.task,
-    )
-    train_splits = _per_source(data.train_splits, data.train_split, len(ids))
-    eval_splits = _per_source(data.eval_splits, data.eval_split, len(ids))
+    ids, configs, rates, train_splits, eval_splits = _source_flags(data)
     trains, evals, sources, tags, families = [], [], [], [], []
     for dataset_id, config, train_split, eval_split in zip(ids, configs, train_splits, eval_splits):
         train = load_formatted(
-            dataset_id, config, train_split, mode, data.hub_mirror, purpose="train", seed=seed, **local
+            dataset_id, config, train_split, mode, data.hub_mirror, purpose="train", seed=seed, **_format_flags(data)
         )
         trains.append(train.dataset)
         tags.append(train.tag)
@@ -83,17 +69,7 @@ def load_examples(data: DataArguments, mode: str, seed: int) -> Examples:
                 "tag": train.tag,
             }
         )
-        evaluation = load_formatted(
-            dataset_id,
-            config,
-            eval_split,
-            mode,
-            data.hub_mirror,
-            purpose="eval",
-            seed=seed,
-            max_examples=_per_source_cap(data.max_eval_examples, len(ids)),
-            **local,
-        )
+        evaluation = _load_eval(data, dataset_id, config, eval_split, mode, seed, len(ids))
         sources[-1].update(eval_split=evaluation.split, eval_examples=len(evaluation.dataset))
         evals.append(
             EvalSource(evaluation.tag, evaluation.dataset, evaluation.family, evaluation.label_words)
@@ -112,6 +88,59 @@ def load_examples(data: DataArguments, mode: str, seed: int) -> Examples:
         raise StrataError(f"the training split of {tag} is empty; choose another --train_split")
     family = families[0] if len(set(families)) == 1 else "mixed"
     return Examples(train=train_set, evals=evals, family=family, tag=tag, sources=sources)
+
+
+def load_eval_sources(data: DataArguments, mode: str, seed: int) -> list[tuple[EvalSource, str]]:
+    """The evaluation sources ``load_examples`` gives training (same rows, same order), each with its
+    split, without loading any training split: what ``strata eval RUN`` scores to reproduce a run."""
+    ids, configs, _rates, _train_splits, eval_splits = _source_flags(data)
+    out = []
+    for dataset_id, config, eval_split in zip(ids, configs, eval_splits):
+        evaluation = _load_eval(data, dataset_id, config, eval_split, mode, seed, len(ids))
+        source = EvalSource(evaluation.tag, evaluation.dataset, evaluation.family, evaluation.label_words)
+        out.append((source, evaluation.split))
+    return out
+
+
+def _source_flags(data: DataArguments) -> tuple[list[str], list[str | None], list[float], list, list]:
+    """Per-source dataset ids, configs, rates, train splits and eval splits (one source without --datasets)."""
+    if data.datasets:
+        ids = data.datasets
+        configs = data.dataset_configs or [None] * len(ids)
+        rates = data.mixture_rates or []
+    else:
+        ids, configs, rates = [data.dataset], [data.dataset_config], [1.0]
+    train_splits = _per_source(data.train_splits, data.train_split, len(ids))
+    eval_splits = _per_source(data.eval_splits, data.eval_split, len(ids))
+    return ids, configs, rates, train_splits, eval_splits
+
+
+def _format_flags(data: DataArguments) -> dict[str, Any]:
+    return dict(
+        text_column=data.text_column,
+        label_column=data.label_column,
+        label_names=data.label_names,
+        prompt_template=data.prompt_template,
+        task=data.task,
+    )
+
+
+def _load_eval(data: DataArguments, dataset_id: str, config: str | None, eval_split: str | None, mode: str,
+               seed: int, n_sources: int):
+    """One source's evaluation split; a mixture caps each of its ``n_sources`` at max_eval_examples / n."""
+    from strata.data.formatting import load_formatted
+
+    return load_formatted(
+        dataset_id,
+        config,
+        eval_split,
+        mode,
+        data.hub_mirror,
+        purpose="eval",
+        seed=seed,
+        max_examples=_per_source_cap(data.max_eval_examples, n_sources),
+        **_format_flags(data),
+    )
 
 
 def _prefix_for(train: datasets.Dataset, rows_needed: int | None, data: DataArguments, mode: str,

@@ -1,26 +1,45 @@
-"""``strata eval RUN_DIR|MODEL --dataset ...``: score a trained model the way training scored it."""
+"""``strata eval RUN_DIR|MODEL --dataset ...``: score a trained model the way training scored it.
+
+On a run folder every default comes from its args.json, and the examples are chosen by the code
+training uses (``load_eval_sources``, the evaluation half of ``load_examples``): the same sources
+(every source of a mixture, each capped like training capped it), the --data_seed subset in the same
+order, the same max_length, eval_method and batch size. So with no flags it reproduces the run's final
+task metrics exactly; any flag given makes it a different evaluation, on purpose.
+"""
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from strata.config import DataArguments
 from strata.errors import StrataError
 
+# Flags that say which data is evaluated: naming another source drops all of the run's.
+SOURCE_FLAGS = ("dataset", "dataset_config", "datasets", "dataset_configs", "mixture_rates", "train_split",
+                "eval_split", "train_splits", "eval_splits")
+CHOOSES_SOURCE = ("dataset", "dataset_config", "datasets", "dataset_configs")
+OTHER_MODEL_MAX_NEW_TOKENS = 256  # generation length when the target is a model folder, not a run
+
 
 @dataclass
 class EvalArguments:
     """Flags of ``strata eval`` besides the dataset ones (which default to the run's args.json)."""
 
-    eval_method: str = field(default="loglik", metadata={"help": "loglik | generate."})
-    batch_size: int = field(default=16, metadata={"help": "Evaluation batch size."})
+    eval_method: str | None = field(default=None, metadata={"help": "loglik | generate (default: the run's)."})
+    batch_size: int | None = field(
+        default=None, metadata={"help": "Evaluation batch size (default: the run's per_device_eval_batch_size)."}
+    )
     device: str = field(default="auto", metadata={"help": "auto | cuda | mps | cpu."})
-    max_new_tokens: int = field(default=256, metadata={"help": "Generation length for math/qa."})
-    seed: int | None = field(default=None, metadata={"help": "Seed of seeded eval carves (default: the run's)."})
+    max_new_tokens: int | None = field(
+        default=None, metadata={"help": "Generation length for math/qa (default: training's, 256 for a model)."}
+    )
+    seed: int | None = field(
+        default=None, metadata={"help": "Seed of the eval subset (default: the run's --data_seed, else --seed)."}
+    )
     output: str | None = field(default=None, metadata={"help": "Write the metrics JSON here."})
 
 
@@ -32,8 +51,12 @@ def _model_folder(target: Path) -> Path:
 def run_eval(argv: list[str]) -> int:
     from transformers import HfArgumentParser
 
-    from strata.data.formatting import load_formatted
+    from strata.config import _normalise_lists
+    from strata.data.mixture import mixture_tag
+    from strata.data.pipeline import load_eval_sources
     from strata.evaluation import evaluate_dataset
+    from strata.evaluation.evaluate import DEFAULT_MAX_NEW_TOKENS
+    from strata.evaluation.task_metrics import task_metric_names
     from strata.models.loading import load_trained
 
     if not argv or argv[0].startswith("-"):
@@ -45,48 +68,80 @@ def run_eval(argv: list[str]) -> int:
     parser = HfArgumentParser((DataArguments, EvalArguments), prog="strata eval RUN_DIR|MODEL")
     run_args = _run_args(Path(target))
     given = {a.split("=", 1)[0].lstrip("-") for a in rest if a.startswith("--")}
-    parser.set_defaults(**{k: v for k, v in run_args.items() if k in _data_fields() and k not in given})
-    data, options, extra = parser.parse_args_into_dataclasses(args=rest, return_remaining_strings=True)
+    parser.set_defaults(**_data_defaults(run_args, given))
+    parsed, options, extra = parser.parse_args_into_dataclasses(args=rest, return_remaining_strings=True)
     if extra:
         raise StrataError(f"unrecognised argument(s) for strata eval: {' '.join(extra)}; see `strata eval --help`")
-    seed = options.seed if options.seed is not None else int(run_args.get("seed", 0))
-    mirror = data.hub_mirror or os.environ.get("STRATA_HUB_MIRROR")
+    data = DataArguments(**_normalise_lists(asdict(parsed)))
+    _check_sources(data)
+    is_run = bool(run_args)
+    seed = options.seed if options.seed is not None else _run_data_seed(run_args)
+    method = options.eval_method or run_args.get("eval_method", "loglik")
+    batch_size = options.batch_size if options.batch_size is not None else int(run_args.get("per_device_eval_batch_size", 16))
+    max_new_tokens = options.max_new_tokens if options.max_new_tokens is not None else (
+        DEFAULT_MAX_NEW_TOKENS if is_run else OTHER_MODEL_MAX_NEW_TOKENS)
+    data.hub_mirror = data.hub_mirror or os.environ.get("STRATA_HUB_MIRROR")
     mode = run_args.get("mode", "sft")
     if mode == "rl":
         mode = "sft"
     # The model first: a folder without one fails before any data loads.
-    model, tokenizer = load_trained(str(_model_folder(Path(target))), mirror, options.device)
-    formatted = load_formatted(data.dataset, data.dataset_config, data.eval_split, mode, mirror, purpose="eval",
-                               text_column=data.text_column, label_column=data.label_column,
-                               label_names=data.label_names, prompt_template=data.prompt_template,
-                               task=data.task, max_examples=data.max_eval_examples, seed=seed)
-    metrics = evaluate_dataset(model, tokenizer, formatted.dataset, formatted.family, formatted.label_words,
-                               method=options.eval_method, batch_size=options.batch_size,
-                               max_length=data.max_length, max_new_tokens=options.max_new_tokens)
-    result = {"dataset": formatted.tag, "split": formatted.split, "examples": len(formatted.dataset),
-              "metrics": metrics, "args": {**asdict(data), **asdict(options)}}
+    model, tokenizer = load_trained(str(_model_folder(Path(target))), data.hub_mirror, options.device)
+    sources = load_eval_sources(data, mode, seed)
+    per_source: dict[str, dict[str, Any]] = {}
+    for source, _split in sources:
+        per_source[source.name] = evaluate_dataset(model, tokenizer, source.dataset, source.family,
+                                                   source.label_words, method=method, batch_size=batch_size,
+                                                   max_length=data.max_length, max_new_tokens=max_new_tokens)
+    names = [source.name for source, _ in sources]
+    splits = [split for _, split in sources]
+    single = len(sources) == 1
+    if single:
+        tag = names[0]
+    else:
+        tag = mixture_tag(names, data.mixture_rates) if data.mixture_rates else "+".join(names)
+    flat = task_metric_names(per_source, prefix="")
+    result = {
+        "dataset": tag, "split": splits[0] if single else splits,
+        "examples": sum(len(source.dataset) for source, _ in sources),
+        "metrics": per_source[names[0]] if single else flat,
+        "task_eval": per_source,  # laid out like metrics.json's task_eval
+        "eval": task_metric_names(per_source, prefix="eval"),  # the names of metrics.json's eval
+        "args": {**asdict(data), **asdict(options), "seed": seed, "eval_method": method, "batch_size": batch_size,
+                 "max_new_tokens": max_new_tokens},
+    }
     text = json.dumps(result, indent=2, sort_keys=True, default=str)
-    out = options.output or (str(Path(target) / f"eval_{formatted.tag}.json") if run_args else None)
+    out = options.output or (str(Path(target) / f"eval_{tag}.json") if is_run else None)
     if out:
         Path(out).write_text(text + "\n")
-    summary = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-    print(json.dumps({"dataset": formatted.tag, "split": formatted.split, **summary}, indent=2))
+    print(json.dumps({"dataset": tag, "split": result["split"], **flat}, indent=2))
     return 0
-
-
-def _data_fields() -> set[str]:
-    return set(DataArguments.__dataclass_fields__)
 
 
 def _run_args(target: Path) -> dict[str, Any]:
     file = target / "args.json"
-    if not file.is_file():
-        return {}
-    values = json.loads(file.read_text())
-    if values.get("datasets"):  # a mixture run: evaluate its first source unless --dataset says otherwise
-        values["dataset"] = values["datasets"][0]
-        configs = values.get("dataset_configs") or [None]
-        values["dataset_config"] = configs[0]
-    for key in ("datasets", "dataset_configs", "mixture_rates"):
-        values.pop(key, None)
-    return values
+    return json.loads(file.read_text()) if file.is_file() else {}
+
+
+def _data_defaults(run_args: dict[str, Any], given: set[str]) -> dict[str, Any]:
+    """The run's data flags as defaults; naming another source on the command line drops the run's sources."""
+    names = {f.name for f in fields(DataArguments)}
+    other_source = bool(given & set(CHOOSES_SOURCE))
+    return {k: v for k, v in run_args.items()
+            if k in names and k not in given and not (other_source and k in SOURCE_FLAGS)}
+
+
+def _run_data_seed(run_args: dict[str, Any]) -> int:
+    """The seed training drew its eval subset with: TrainArguments.data_order_seed() of the run."""
+    if run_args.get("data_seed") is not None:
+        return int(run_args["data_seed"])
+    return int(run_args.get("seed", 0))
+
+
+def _check_sources(data: DataArguments) -> None:
+    if not data.datasets:
+        return
+    for flag in ("dataset_configs", "eval_splits"):
+        values = getattr(data, flag)
+        if values is not None and len(values) != len(data.datasets):
+            raise StrataError(f"--{flag} has {len(values)} entries but --datasets has {len(data.datasets)}; "
+                              "give one per dataset")

@@ -20,12 +20,13 @@ from strata.evaluation.metrics import classification_metrics, normalize_answer
 from strata.evaluation.perplexity import sequence_nll, summarize_nll, text_windows
 from strata.evaluation.scoring import is_encoder_decoder, pad_id, score_choices
 
-__all__ = ["FAMILIES", "METHODS", "evaluate_dataset"]
+__all__ = ["DEFAULT_MAX_NEW_TOKENS", "FAMILIES", "METHODS", "evaluate_dataset"]
 
 FAMILIES = ("classification", "multiple_choice", "math", "qa", "instruction", "code", "pretrain")
 METHODS = ("loglik", "generate")
 _LABEL_SLACK_TOKENS = 8  # room for markup or whitespace before the label word when generating labels
 _N_SAMPLES = 3  # generations kept in the result so a log shows what the model actually says
+DEFAULT_MAX_NEW_TOKENS = 32  # what training's evaluations generate; `strata eval RUN` uses it to match them
 
 
 def evaluate_dataset(
@@ -38,7 +39,7 @@ def evaluate_dataset(
     method: str = "loglik",
     batch_size: int = 8,
     max_length: int = 512,
-    max_new_tokens: int = 32,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     max_examples: int | None = None,
 ) -> dict:
     """Evaluate ``model`` on formatted examples (``prompt``, ``completion``, ``label``, ``reference``, ``domain``).

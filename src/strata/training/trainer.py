@@ -15,24 +15,14 @@ from typing import Any
 
 import torch
 from transformers import Trainer
+from transformers.trainer_utils import EvalLoopOutput
 
+from strata.evaluation.task_metrics import scalar_metrics, task_metric_names
 from strata.training.guards import NonFiniteGuard
 
+__all__ = ["StrataTrainer", "scalar_metrics"]  # run.py takes scalar_metrics from here
+
 logger = logging.getLogger(__name__)
-
-
-def scalar_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    """Flatten nested metric dicts to loggable scalars (``per_domain.sst2.accuracy`` ...)."""
-    out: dict[str, float] = {}
-    for key, value in metrics.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, bool):
-            continue
-        if isinstance(value, (int, float)) and math.isfinite(float(value)):
-            out[name] = float(value)
-        elif isinstance(value, dict) and key in ("per_domain", "precision", "recall", "f1"):
-            out.update(scalar_metrics(value, prefix=f"{name}/"))
-    return out
 
 
 class StrataTrainer(Trainer):
@@ -47,6 +37,7 @@ class StrataTrainer(Trainer):
         # method, batch_size, max_length, max_examples.
         self.task_eval = task_eval or []
         self.last_task_metrics: dict[str, dict[str, Any]] = {}
+        self._task_prefix: str | None = None  # set while evaluate() runs: evaluation_loop adds task metrics
         self._aux_losses: list[float] = []
         self._last_log_time: float | None = None
         self._last_log_tokens = 0
@@ -85,28 +76,41 @@ class StrataTrainer(Trainer):
         return super()._inner_training_loop(*args, **kwargs)
 
     # --- evaluation -------------------------------------------------------------------------
+    # Task metrics join the metrics inside Trainer.evaluate (through evaluation_loop), so the one
+    # `self.log` of an evaluation, the `on_evaluate` callbacks (EarlyStoppingCallback) and
+    # `_determine_best_metric` (load_best_model_at_end) all see `eval_accuracy` and its kin.
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
-        metrics: dict[str, float] = {}
-        if self.eval_dataset is not None or eval_dataset is not None:
-            metrics.update(super().evaluate(eval_dataset, ignore_keys, metric_key_prefix))
-            if f"{metric_key_prefix}_loss" in metrics:
-                metrics[f"{metric_key_prefix}_perplexity"] = math.exp(min(50.0, metrics[f"{metric_key_prefix}_loss"]))
-        if self.task_eval:
-            flat: dict[str, float] = {}
-            single = len(self.task_eval) == 1
-            for spec in self.task_eval:
-                task = self.run_task_evaluation(spec)
-                prefix = f"{metric_key_prefix}_" if single else f"{metric_key_prefix}_{spec['name']}/"
-                flat.update({f"{prefix}{k}": v for k, v in scalar_metrics(task).items()})
-            if not single:  # a mixture: also the unweighted mean over its sources
-                for name in ("accuracy", "macro_f1", "exact_match"):
-                    values = [self.last_task_metrics[s["name"]].get(name) for s in self.task_eval]
-                    values = [v for v in values if isinstance(v, (int, float))]
-                    if values:
-                        flat[f"{metric_key_prefix}_{name}"] = sum(values) / len(values)
-            self.log(flat)
-            metrics.update(flat)
-        return metrics
+        if self.eval_dataset is None and eval_dataset is None:
+            if not self.task_eval:
+                return {}
+            # No token-level eval set: do what Trainer.evaluate does after its loop, with task metrics only.
+            metrics = self.task_metrics(metric_key_prefix)
+            self.log(metrics)
+            self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+            return metrics
+        self._task_prefix = metric_key_prefix
+        try:
+            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        finally:
+            self._task_prefix = None
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                        metric_key_prefix: str = "eval") -> EvalLoopOutput:
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
+                                         metric_key_prefix)
+        if self._task_prefix != metric_key_prefix:  # predict(), not evaluate(): the loop's metrics only
+            return output
+        loss_key = f"{metric_key_prefix}_loss"
+        if loss_key in output.metrics:
+            output.metrics[f"{metric_key_prefix}_perplexity"] = math.exp(min(50.0, output.metrics[loss_key]))
+        output.metrics.update(self.task_metrics(metric_key_prefix))
+        return output
+
+    def task_metrics(self, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """Scalar task metrics of every evaluation source: ``eval_accuracy`` for one source; for a mixture
+        ``eval_<source>/accuracy`` per source plus their unweighted mean as ``eval_accuracy``."""
+        per_source = {spec["name"]: self.run_task_evaluation(spec) for spec in self.task_eval}
+        return task_metric_names(per_source, metric_key_prefix) if per_source else {}
 
     def task_eval_details(self) -> dict[str, Any]:
         """Full (nested) metrics of the last task evaluation, for metrics.json."""
