@@ -133,7 +133,8 @@ def test_data_seed_orders_the_prompts_and_seed_does_not(tmp_path):
     first: dict[tuple[int, int], list[str]] = {}
     for data_seed, seed in ((5, 0), (5, 7), (6, 0)):
         model, tokenizer = _byte_gpt2(tmp_path / f"m{data_seed}{seed}")
-        trainer = _trainer(model, tokenizer, tmp_path / f"o{data_seed}{seed}", rows, seed=seed, data_seed=data_seed)
+        trainer = _trainer(model, tokenizer, tmp_path / f"o{data_seed}{seed}", rows, seed=seed, data_seed=data_seed,
+                           beta=0.0)
         batch = next(iter(trainer.get_train_dataloader()))
         first[data_seed, seed] = [row["prompt"] for row in batch]
     # batch 4 completions = 2 prompts x group 2; TRL's RepeatSampler: a seeded permutation, each index twice.
