@@ -234,7 +234,7 @@ def test_rl_starts_from_an_sft_run_with_lora(tmp_path):
                       "--max_prompt_length", "96", "--max_eval_examples", "2", "--eval_steps", "0",
                       "--precision", "fp32", "--runs_dir", runs) == 0
     run = only_run(runs)
-    assert run.name.endswith("_rl_bs2_len256_lora")
+    assert run.name.endswith("_rl_bs2_len96+8_lora")
     result = metrics(run)
     assert "rewards/classification/mean" in json.dumps(result)
     assert (run / "final" / "adapter_config.json").exists()

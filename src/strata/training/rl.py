@@ -9,11 +9,9 @@ parquet and logs to wandb/trackio). See docs/rl.md.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import os
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -119,21 +117,39 @@ def prepare_rl_dataset(
 # --------------------------------------------------------------------------------------------- reward model
 
 
-def _resolve_model_path(path: str) -> str:
-    """A local folder, else the hub mirror's copy ($STRATA_HUB_MIRROR/models/<id>), else the id as given."""
-    if Path(path).expanduser().exists():
-        return str(Path(path).expanduser())
-    mirror = os.environ.get("STRATA_HUB_MIRROR")
-    if mirror and (Path(mirror) / "models" / path).is_dir():
-        return str(Path(mirror) / "models" / path)
-    return path
+def resolve_reward_model_path(path: str, mirror: str | None = None) -> str:
+    """A local folder, else the mirror's ``models/<id>`` (``--hub_mirror``, else $STRATA_HUB_MIRROR), else the hub id.
+
+    The same order as ``--model`` (``strata.hub.resolve_model_path``), with errors that name ``--reward_model``.
+    """
+    from strata.hub import canonical_model_id, hub_offline, looks_like_path, mirror_root
+
+    local = Path(path).expanduser()
+    if local.is_dir():
+        return str(local)
+    if looks_like_path(path):
+        raise StrataError(
+            f"--reward_model {path}: no such folder; pass a local folder or mirror id of a "
+            "sequence-classification model with its tokenizer"
+        )
+    hub_id = canonical_model_id(path)
+    root = mirror_root(mirror)
+    if root is not None and (root / "models" / hub_id).is_dir():
+        return str(root / "models" / hub_id)
+    if not hub_offline():
+        return hub_id
+    where = f"mirror {root / 'models' / hub_id}" if root is not None else "no mirror (--hub_mirror not set)"
+    raise StrataError(
+        f"--reward_model '{hub_id}' not found offline: tried local folder '{path}' and {where}; pass a local "
+        f"folder, or mirror it with `hf download {hub_id} --local-dir <mirror>/models/{hub_id}`"
+    )
 
 
-def load_reward_model(path: str) -> tuple[Any, Any]:
+def load_reward_model(path: str, mirror: str | None = None) -> tuple[Any, Any]:
     """Load a sequence-classification reward model (one output logit = the reward) and its tokenizer."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    resolved = _resolve_model_path(path)
+    resolved = resolve_reward_model_path(path, mirror)
     try:
         model = AutoModelForSequenceClassification.from_pretrained(resolved, num_labels=1)
         tokenizer = AutoTokenizer.from_pretrained(resolved)
@@ -255,38 +271,6 @@ def _is_peft_model(model: Any) -> bool:
     return isinstance(model, PeftModel)
 
 
-def _snapshot_needed(model: Any, snapshot_reference: bool | None) -> bool:
-    """Auto: snapshot unless the model's config names a local folder TRL can reload the reference from."""
-    if snapshot_reference is not None:
-        return snapshot_reference
-    name = getattr(model.config, "_name_or_path", "") or ""
-    return not (name and Path(name).is_dir())
-
-
-@contextlib.contextmanager
-def _reference_snapshot(model: Any, output_dir: str, *, enabled: bool) -> Iterator[None]:
-    """Make TRL's KL reference a copy of the policy as it is now.
-
-    With beta > 0 and no PEFT, TRL 1.16 builds the reference by reloading
-    ``model.config._name_or_path`` from disk, so an in-memory model (built from a config, or
-    SFT-trained in this process) would get no reference or a stale one. Saving the current
-    weights to a temporary folder and pointing the config at it for the trainer's construction
-    gives the right reference; the folder is deleted once the reference is loaded.
-    """
-    if not enabled:
-        yield
-        return
-    Path(output_dir).mkdir(parents=True, exist_ok=True)
-    original = getattr(model.config, "_name_or_path", "")
-    with tempfile.TemporaryDirectory(prefix="grpo-reference-", dir=output_dir) as tmp:
-        model.save_pretrained(tmp)
-        model.config._name_or_path = tmp
-        try:
-            yield
-        finally:
-            model.config._name_or_path = original
-
-
 def prompt_tokenizer(tokenizer: Any) -> Any:
     """The tokenizer to hand to GRPO: one that does not end prompts with EOS.
 
@@ -358,7 +342,9 @@ def build_grpo_trainer(
     callbacks: Sequence[TrainerCallback] | None = None,
     num_samples_to_log: int = 4,
     samples_writer: Any = None,
-    snapshot_reference: bool | None = None,
+    data_seed: int | None = None,
+    num_train_epochs: float = 1.0,
+    hub_mirror: str | None = None,
     **extra_args: Any,
 ) -> Any:
     """A TRL ``GRPOTrainer`` configured from Strata's RL flags.
@@ -370,16 +356,19 @@ def build_grpo_trainer(
     ``batch / group_size`` prompts. ``extra_args`` go to ``GRPOConfig`` unchanged (eval_strategy,
     gradient_accumulation_steps, use_cpu, bf16, ...). The returned trainer's
     ``strata_samples_callback`` holds the sample completions it logged. With ``beta > 0`` and no
-    PEFT, the KL reference is a snapshot of ``model`` as passed (``snapshot_reference``: None =
-    only when its config does not name a local folder; True to force, e.g. after editing a
-    loaded model in memory).
+    PEFT, the KL reference is a frozen in-memory copy of ``model`` as passed (see
+    ``strata.training.grpo_trainer``). ``data_seed`` (default ``seed``) orders the prompts;
+    ``num_train_epochs`` counts when ``max_steps`` is -1; ``hub_mirror`` is where a
+    ``reward_model`` id is looked up (default ``$STRATA_HUB_MIRROR``).
     """
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOConfig
+
+    from strata.training.grpo_trainer import frozen_copy, grpo_trainer_class, reference_is
 
     funcs: list[Any] = list(reward_funcs)
     processing: list[Any] = [None] * len(funcs)
     if reward_model:
-        rm, rm_tokenizer = load_reward_model(reward_model)
+        rm, rm_tokenizer = load_reward_model(reward_model, hub_mirror)
         funcs.append(rm)
         processing.append(rm_tokenizer)
     if not funcs:
@@ -438,9 +427,11 @@ def build_grpo_trainer(
             learning_rate=learning_rate,
             warmup_steps=warmup_steps,
             max_steps=max_steps,
+            num_train_epochs=num_train_epochs,
             temperature=temperature,
             per_device_train_batch_size=per_device_train_batch_size,
             seed=seed,
+            data_seed=data_seed,
             logging_steps=logging_steps,
             report_to=report,
             reward_weights=weights,
@@ -460,10 +451,9 @@ def build_grpo_trainer(
 
     samples = CompletionSamplesCallback(num_samples=num_samples_to_log, writer=samples_writer)
     needs_reference = beta != 0.0 and peft_config is None and not _is_peft_model(model)
-    with _reference_snapshot(
-        model, output_dir, enabled=needs_reference and _snapshot_needed(model, snapshot_reference)
-    ):
-        trainer = GRPOTrainer(
+    reference = frozen_copy(model) if needs_reference else None  # before TRL touches the policy
+    with reference_is(reference) as asked:
+        trainer = grpo_trainer_class()(
             model=model,
             reward_funcs=funcs,
             args=args,
@@ -473,6 +463,11 @@ def build_grpo_trainer(
             reward_processing_classes=processing,
             callbacks=[samples, *(callbacks or [])],  # first: it writes before a TensorBoardCallback closes
             peft_config=peft_config,
+        )
+    if reference is not None and not asked:
+        raise RuntimeError(
+            "TRL's GRPOTrainer built its KL reference without create_model_from_path; this TRL release is not "
+            "supported by strata's RL mode (see strata/training/grpo_trainer.py)"
         )
     samples.attach(trainer)
     trainer.strata_samples_callback = samples
@@ -602,6 +597,9 @@ def run_rl(config: Any, examples: Any, loaded: Any, folder: Any, checkpoint: Any
         temperature=t.temperature,
         per_device_train_batch_size=t.per_device_train_batch_size,
         seed=t.seed,
+        data_seed=t.data_order_seed(),
+        num_train_epochs=t.num_train_epochs,
+        hub_mirror=config.data.hub_mirror,
         logging_steps=logging_steps,
         report_to=[],
         callbacks=callbacks,
@@ -616,7 +614,6 @@ def run_rl(config: Any, examples: Any, loaded: Any, folder: Any, checkpoint: Any
         save_strategy="steps" if t.save_steps else "no",
         save_steps=t.save_steps or 500,
         save_total_limit=t.save_total_limit,
-        data_seed=t.seed,
         bf16=loaded.precision == "bf16",
         fp16=loaded.precision == "fp16",
         use_cpu=loaded.device == "cpu",

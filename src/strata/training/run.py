@@ -65,8 +65,10 @@ def train(config: RunConfig) -> RunResult:
     say(f"data {examples.tag}: {len(examples.train):,} training examples ({examples.family}); "
         + ", ".join(f"{e.name} eval {len(e.dataset):,}" for e in examples.evals))
 
+    length = (f"{train_args.max_prompt_length}+{train_args.max_completion_length}" if train_args.mode == "rl"
+              else data_args.max_length)  # RL does not use --max_length
     key = run_key(model_args.model, examples.tag, train_args.mode, train_args.per_device_train_batch_size,
-                  data_args.max_length, train_args.gradient_accumulation_steps, model_args.use_lora,
+                  length, train_args.gradient_accumulation_steps, model_args.use_lora,
                   data_args.use_packing, dist.world_size)
     args_record = {**config.to_dict(), "run_key": key, "world_size": dist.world_size}
     folder, checkpoint, created_root = _choose_folder(config, key, dist, args_record)

@@ -26,9 +26,9 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.+-]+", "-", text).strip("-") or "x"
 
 
-def run_key(model: str, dataset_tag: str, mode: str, batch_size: int, max_length: int,
+def run_key(model: str, dataset_tag: str, mode: str, batch_size: int, max_length: int | str,
             grad_accum: int = 1, lora: bool = False, packed: bool = False, world_size: int = 1) -> str:
-    """The name of a run without its time prefix."""
+    """The name of a run without its time prefix (``max_length``: RL passes "<prompt>+<completion>")."""
     model_name = _slug(Path(model.rstrip("/")).name if "/" in model else model)
     parts = [model_name, _slug(dataset_tag), mode, f"bs{batch_size}", f"len{max_length}"]
     if grad_accum > 1:

@@ -1,0 +1,84 @@
+"""TRL's ``GRPOTrainer`` as Strata runs it: an in-memory KL reference and ``--data_seed`` prompt order.
+
+Both fill gaps of TRL 1.16's public API and are kept here, small and checked, so a TRL upgrade that
+moves them fails loudly (tests/test_rl_flags.py) instead of silently training against the wrong
+reference or order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+from collections.abc import Iterator
+from typing import Any
+
+
+def frozen_copy(model: Any) -> Any:
+    """The KL reference: a copy of the policy as it is now, in eval mode, with no gradients."""
+    reference = copy.deepcopy(model)
+    reference.eval()
+    reference.requires_grad_(False)
+    return reference
+
+
+@contextlib.contextmanager
+def reference_is(reference: Any | None) -> Iterator[list[str]]:
+    """While TRL's ``GRPOTrainer.__init__`` runs, make its reference loader return ``reference``.
+
+    TRL 1.16 has no ``ref_model`` argument: with beta > 0 and no PEFT it always builds the reference
+    with ``create_model_from_path(model.config._name_or_path, ...)``, i.e. it reloads weights from
+    disk. A model built from a config (``--init scratch``: the path is a folder with only
+    config.json, or nothing) or changed in memory has no such weights. So this patches that name in
+    TRL's trainer module (a private path; no public one exists) for the constructor only, and TRL
+    then treats the copy like its own reference (dropout, fused LM head, ``accelerator.prepare``).
+    Yields the ids TRL asked for, so the caller can check the patch was used.
+    """
+    import trl.trainer.grpo_trainer as grpo_module
+
+    asked: list[str] = []
+    if reference is None:
+        yield asked
+        return
+
+    def load(model_id: str, *args: Any, **kwargs: Any) -> Any:
+        asked.append(model_id)
+        return reference
+
+    original = grpo_module.create_model_from_path
+    grpo_module.create_model_from_path = load
+    try:
+        yield asked
+    finally:
+        grpo_module.create_model_from_path = original
+
+
+def _seeded_sampler(sampler: Any, seed: int | None) -> Any:
+    """Reseed TRL's prompt sampler with ``--data_seed`` (TRL seeds it with ``args.seed``, ignoring ``data_seed``)."""
+    if seed is None or not getattr(sampler, "shuffle", False):
+        return sampler
+    import torch
+
+    if not isinstance(getattr(sampler, "generator", None), torch.Generator):
+        raise RuntimeError(
+            f"TRL's {type(sampler).__name__} has no torch generator to seed with --data_seed; this TRL "
+            "release is not supported by strata's RL mode"
+        )
+    sampler.seed = seed
+    sampler.generator.manual_seed(seed)
+    return sampler
+
+
+@functools.cache
+def grpo_trainer_class() -> type:
+    """``GRPOTrainer`` whose train/eval prompt order follows ``args.data_seed`` (else ``args.seed``)."""
+    from trl import GRPOTrainer
+
+    class StrataGRPOTrainer(GRPOTrainer):
+        def _get_train_sampler(self, dataset: Any = None) -> Any:
+            return _seeded_sampler(super()._get_train_sampler(dataset), self.args.data_seed)
+
+        def _get_eval_sampler(self, eval_dataset: Any) -> Any:
+            return _seeded_sampler(super()._get_eval_sampler(eval_dataset), self.args.data_seed)
+
+    return StrataGRPOTrainer
