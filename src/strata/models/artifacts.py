@@ -79,9 +79,25 @@ def resolve_adapter_base(adapter_dir: Path, mirror: str | None = None) -> str:
                           "model's folder or hub id")
     beside = adapter_dir / Path(reference).expanduser()
     if beside.is_dir():
+        refuse_wrapped_base(beside)
         return str(beside)
     if looks_like_path(reference):
         raise StrataError(f"{config_file} names base model {reference}, which is not a folder (looked at "
                           f"{beside}); copy the run's {BASE_MODEL_DIR}/ along with final/, or set "
                           "base_model_name_or_path to the base model's folder")
     return resolve_model_path(reference, mirror)
+
+
+def refuse_wrapped_base(base_dir: Path) -> None:
+    """Older runs saved base_model/ with peft's wrapped names (``q_proj.base_layer.weight``): transformers would
+    rebuild those layers at random and report it only as missing keys, so such a folder is refused."""
+    weights = base_dir / "model.safetensors"
+    if not weights.is_file():
+        return
+    from safetensors import safe_open
+
+    with safe_open(str(weights), framework="pt") as handle:
+        wrapped = [key for key in handle.keys() if ".base_layer." in key or ".lora_" in key]
+    if wrapped:
+        raise StrataError(f"{base_dir} holds peft-wrapped weights ({wrapped[0]}), written by an older strata; "
+                          "its layers would load at random: train the run again to get a plain base_model/")
