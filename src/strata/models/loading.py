@@ -543,11 +543,15 @@ def load_trained(path: str, mirror: str | None = None, device: str = "auto"):
         raise StrataError(f"{path} holds no model (no config.json or adapter_config.json); pass a run folder "
                           "or its final/ or merged/")
     if (folder / "adapter_config.json").exists():
-        from peft import AutoPeftModelForCausalLM, AutoPeftModelForSeq2SeqLM, PeftConfig
+        from peft import PeftModel
 
-        base = AutoConfig.from_pretrained(PeftConfig.from_pretrained(str(folder)).base_model_name_or_path)
-        cls = AutoPeftModelForSeq2SeqLM if base.is_encoder_decoder else AutoPeftModelForCausalLM
-        model = cls.from_pretrained(str(folder))
+        from strata.models.artifacts import resolve_adapter_base
+
+        # The base named relative to the adapter folder (a run's ../base_model), not to the working directory.
+        base_path = resolve_adapter_base(folder, mirror)
+        base_config = read_model_config(base_path)
+        base = _auto_class(architecture_kind(base_config)).from_pretrained(base_path)
+        model = PeftModel.from_pretrained(base, str(folder))
     else:
         resolved = resolve_model_path(path, mirror)
         config = read_model_config(resolved)

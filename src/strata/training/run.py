@@ -20,6 +20,13 @@ from transformers.integrations import TensorBoardCallback
 from strata.config import RunConfig
 from strata.data.pipeline import Examples, load_examples, tokenize_examples
 from strata.errors import RunFailed, StrataError
+from strata.models.artifacts import (
+    BASE_MODEL_DIR,
+    BASE_REFERENCE,
+    point_adapter_at,
+    pretrained_base_reference,
+    save_unwrapped_base,
+)
 from strata.models.loading import (
     LoadedModel,
     check_architecture,
@@ -313,19 +320,28 @@ def _metadata(config: RunConfig, examples: Examples, loaded: LoadedModel,
 
 
 def save_final(trainer: StrataTrainer, loaded: LoadedModel, folder: RunFolder, model_args) -> None:
-    """final/: the model (or LoRA adapters) + tokenizer; merged/: the merged LoRA model when asked."""
+    """final/: the model (or LoRA adapters) + tokenizer; merged/: the merged LoRA model when asked.
+
+    Every folder reloads with transformers/peft alone. A LoRA run on a scratch base keeps that base, unwrapped
+    and unmerged, in base_model/, and its adapters name it relative to final/ (``../base_model``).
+    """
     model = trainer.accelerator.unwrap_model(trainer.model)
     if not all_finite(model):
         raise RunFailed(f"the trained weights contain NaN/inf; nothing was written to {folder.final} "
                         "(lower --learning_rate and train again)")
+    reference = None
     if model_args.use_lora and loaded.init == "scratch":
         # A scratch base exists only in memory: keep it beside the adapters so final/ can be reloaded.
-        base_dir = folder.root / "base_model"
-        model.get_base_model().save_pretrained(base_dir)  # weights without LoRA layers (peft unmerged)
-        loaded.tokenizer.save_pretrained(base_dir)
-        model.peft_config["default"].base_model_name_or_path = str(base_dir.resolve())
+        base_dir = folder.root / BASE_MODEL_DIR
+        save_unwrapped_base(model, loaded.tokenizer, base_dir)
+        model.peft_config[model.active_adapter].base_model_name_or_path = str(base_dir)
+        reference = BASE_REFERENCE
+    elif model_args.use_lora:
+        reference = pretrained_base_reference(model_args.model)
     model.save_pretrained(folder.final)
     loaded.tokenizer.save_pretrained(folder.final)
+    if reference is not None:
+        point_adapter_at(folder.final, reference)
     if model_args.merge_lora:
         merged = model.merge_and_unload()
         merged.save_pretrained(folder.root / "merged")
