@@ -204,3 +204,17 @@ def test_encoder_decoder_scores_and_generates_from_the_training_row(arch):
         with torch.no_grad():
             out = model(input_ids=torch.tensor([enc]), labels=torch.tensor([labels]))
         assert float(scores[i, i]) == pytest.approx(-float(out.loss) * len(gold_ids), abs=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_rl_prompts_are_the_training_rows_context(family, tmp_path):
+    """TRL tokenizes GRPO prompts itself (``processing_class(text=prompts)``): what it gets back must be
+    the SFT row's context, so RL and SFT condition on the same ids."""
+    from strata.training.rl import prompt_tokenizer
+
+    tok, prefix = decoder_tokenizer(family, tmp_path)
+    rows = tokenize_completions(_sft_rows(), tok, 512)
+    got = prompt_tokenizer(tok)(text=PROMPTS)["input_ids"]
+    for prompt, row, ids in zip(PROMPTS, rows, got):
+        assert ids == prefix + tok(prompt, add_special_tokens=False)["input_ids"]
+        assert ids == [t for t, lab in zip(row["input_ids"], row["labels"]) if lab == IGNORE_INDEX]

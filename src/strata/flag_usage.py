@@ -50,7 +50,7 @@ FLAG_MODES: dict[str, tuple[frozenset[str], str]] = {
     "lora_alpha": (ALL, ""),
     "lora_dropout": (ALL, ""),
     "lora_target_modules": (ALL, ""),
-    "merge_lora": (TRAINER, "RL saves the policy's adapters in final/; merge them with peft's merge_and_unload"),
+    "merge_lora": (ALL, ""),
     "attn_implementation": (ALL, ""),
     "use_flash_attention": (ALL, ""),
     "precision": (ALL, ""),

@@ -272,17 +272,19 @@ def _is_peft_model(model: Any) -> bool:
 
 
 def prompt_tokenizer(tokenizer: Any) -> Any:
-    """The tokenizer to hand to GRPO: one that does not end prompts with EOS.
+    """The tokenizer to hand to GRPO: one that encodes a prompt as the encoding contract does.
 
     TRL 1.16 tokenizes text prompts with ``processing_class(text=prompts)``, i.e. with special
-    tokens. Tokenizers that *append* EOS (T5/ByT5, hence Strata's byte-level presets) would then
-    end every prompt with EOS and the model would generate after an end-of-text. For those, this
-    returns a shallow copy whose ``__call__`` drops the trailing EOS (BOS-prepending tokenizers
-    are left alone, matching SFT). The copy keeps its class name, so saved checkpoints reload.
+    tokens. A BOS in front is what SFT rows have too (:func:`strata.data.encoding.decoder_context`),
+    but what a tokenizer appends (T5/ByT5's ``</s>``, hence Strata's byte-level presets) belongs only
+    to encoder inputs: the model would otherwise generate after an end-of-text. For those, this returns
+    a shallow copy whose ``__call__`` drops that suffix. The copy keeps its class name, so saved
+    checkpoints reload.
     """
-    eos = getattr(tokenizer, "eos_token_id", None)
-    probe = tokenizer("a")["input_ids"]
-    if eos is None or not probe or probe[-1] != eos:
+    from strata.data.encoding import special_tokens
+
+    suffix = list(special_tokens(tokenizer).suffix)
+    if not suffix:
         return tokenizer
     base = type(tokenizer)
 
@@ -290,8 +292,8 @@ def prompt_tokenizer(tokenizer: Any) -> Any:
         if isinstance(ids, list) and ids and isinstance(ids[0], list):
             pairs = [_strip(i, m) for i, m in zip(ids, mask or [None] * len(ids))]
             return [p[0] for p in pairs], (None if mask is None else [p[1] for p in pairs])
-        if isinstance(ids, list) and ids and ids[-1] == eos:
-            return ids[:-1], (None if mask is None else mask[:-1])
+        if isinstance(ids, list) and len(ids) >= len(suffix) and ids[len(ids) - len(suffix):] == suffix:
+            return ids[:-len(suffix)], (None if mask is None else mask[:-len(suffix)])
         return ids, mask
 
     def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N807
@@ -646,6 +648,7 @@ def run_rl(config: Any, examples: Any, loaded: Any, folder: Any, checkpoint: Any
             "trainable_parameters": loaded.trainable_params,
             "device": loaded.device,
             "precision": loaded.precision,
+            "precision_as_run": loaded.precision_description,
             "world_size": dist.world_size,
             "train_rows": len(examples.train),
         },
