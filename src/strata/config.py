@@ -164,7 +164,11 @@ class TrainArguments:
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm."})
     dropout: float | None = field(default=None, metadata={"help": "Override the model's dropout (scratch models)."})
     logging_steps: int | None = field(default=None, metadata={"help": "Log every N steps (default: --eval_steps)."})
-    eval_steps: int = field(default=200, metadata={"help": "Evaluate every N steps (0: only at the end)."})
+    eval_steps: int = field(
+        default=200,
+        metadata={"help": "Evaluate every N steps and at the end (0: only at the end; in --mode rl, where evaluation "
+                  "generates, 0 means no evaluation)."},
+    )
     eval_method: str = field(default="loglik", metadata={"help": "loglik (label likelihood) | generate."})
     save_steps: int = field(default=0, metadata={"help": "Checkpoint every N steps (0: no checkpoints)."})
     save_total_limit: int | None = field(default=2, metadata={"help": "Keep at most N checkpoints."})
@@ -241,7 +245,7 @@ def _split_config_flag(argv: list[str]) -> tuple[str | None, list[str]]:
     return config_path, rest
 
 
-def _normalise_lists(values: dict[str, Any]) -> dict[str, Any]:
+def normalise_lists(values: dict[str, Any]) -> dict[str, Any]:
     """Accept ``--reward_funcs a,b`` as well as ``a b``, and 'None' inside config lists."""
     out = dict(values)
     for key in ("reward_funcs", "lora_target_modules", "datasets", "label_names"):
@@ -278,7 +282,7 @@ def parse_run_config(argv: list[str] | None = None, prog: str = "strata train") 
     data, model, train, _extra = outputs[0], outputs[1], outputs[2], outputs[-1]
     if _extra:
         raise StrataError(f"unrecognised argument(s): {' '.join(_extra)}; see `{prog} --help`")
-    merged = _normalise_lists({**asdict(data), **asdict(model), **asdict(train)})
+    merged = normalise_lists({**asdict(data), **asdict(model), **asdict(train)})
     config = RunConfig(
         data=DataArguments(**{f.name: merged[f.name] for f in fields(DataArguments)}),
         model=ModelArguments(**{f.name: merged[f.name] for f in fields(ModelArguments)}),

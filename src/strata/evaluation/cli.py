@@ -51,7 +51,7 @@ def _model_folder(target: Path) -> Path:
 def run_eval(argv: list[str]) -> int:
     from transformers import HfArgumentParser
 
-    from strata.config import _normalise_lists
+    from strata.config import normalise_lists
     from strata.data.mixture import mixture_tag
     from strata.data.pipeline import load_eval_sources
     from strata.evaluation import evaluate_dataset
@@ -72,7 +72,7 @@ def run_eval(argv: list[str]) -> int:
     parsed, options, extra = parser.parse_args_into_dataclasses(args=rest, return_remaining_strings=True)
     if extra:
         raise StrataError(f"unrecognised argument(s) for strata eval: {' '.join(extra)}; see `strata eval --help`")
-    data = DataArguments(**_normalise_lists(asdict(parsed)))
+    data = DataArguments(**normalise_lists(asdict(parsed)))
     _check_sources(data)
     is_run = bool(run_args)
     seed = options.seed if options.seed is not None else _run_data_seed(run_args)

@@ -293,8 +293,10 @@ def _rows_needed(config: RunConfig, dist: DistInfo) -> int | None:
 
 
 def token_budget(config: RunConfig, world_size: int) -> int:
+    """Tokens the run may process at most (rows x row length x steps); RL rows are prompt + completion."""
     t = config.train
-    return (t.per_device_train_batch_size * config.data.max_length * max(t.max_steps, 0)
+    length = t.max_prompt_length + t.max_completion_length if t.mode == "rl" else config.data.max_length
+    return (t.per_device_train_batch_size * length * max(t.max_steps, 0)
             * t.gradient_accumulation_steps * world_size)
 
 
