@@ -296,9 +296,11 @@ def mle_lid_to_reference(x: torch.Tensor, reference: torch.Tensor, k: int, eps: 
 
     m(x) = (k - 2) / sum_{j<k} log(T_k / T_j), with T_j the distance to the j-th nearest `reference` row [R, H].
     The (k - 2) numerator (instead of k - 1) makes 1/m unbiased-inverse (MacKay & Ghahramani, 2005). Reference
-    points at distance <= eps are treated as the query itself and skipped.
+    points at distance <= eps are treated as the query itself and skipped. Distances are taken directly, not
+    through cdist's matrix-product shortcut: that one is off by up to ~1e-2 on unit-scale states, so a duplicate
+    would get a tiny non-zero T_1 instead of 0 and dominate the log sum.
     """
-    d = torch.cdist(x.float(), reference.float().to(x.device))  # [N, R]
+    d = torch.cdist(x.float(), reference.float().to(x.device), compute_mode="donot_use_mm_for_euclid_dist")
     d = d.masked_fill(d <= eps, float("inf"))
     t = d.topk(k, dim=-1, largest=False).values  # [N, k], ascending
     s = torch.log(t[:, -1:] / t[:, :-1]).sum(dim=-1)  # [N]
