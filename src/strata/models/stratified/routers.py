@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from strata.errors import StrataError
 from strata.models.stratified.configuration_stratified import StratifiedConfig
 
 
@@ -233,6 +234,10 @@ class LIDBinStratumSource(StratumSource):
         self.fitted.fill_(True)
 
 
+class MissingStratumIds(StrataError, ValueError):
+    """A `domain` model called without `stratum_ids`: a ValueError for library callers, one line in the CLI."""
+
+
 class DomainStratumSource(StratumSource):
     """Oracle: the domain tag passed as `stratum_ids` ([B] or [B, T]); an upper bound, not a method."""
 
@@ -244,7 +249,9 @@ class DomainStratumSource(StratumSource):
         **kwargs,
     ) -> torch.Tensor:
         if stratum_ids is None:
-            raise ValueError('stratum_source="domain" needs the forward kwarg `stratum_ids` ([B] or [B, T])')
+            raise MissingStratumIds('stratum_source="domain" needs the forward kwarg `stratum_ids` ([B] or [B, T]), '
+                                    "each example's domain; `strata train` feeds a mixture's dataset index, "
+                                    "other callers must pass it")
         b, t = hidden_states.shape[:2]
         ids = torch.as_tensor(stratum_ids, device=hidden_states.device).long()
         if ids.dim() == 1:
