@@ -115,7 +115,7 @@ def test_fitted_sources_are_fitted_before_training_and_reload_identically(tmp_pa
             for j, centroid in enumerate(saved["centroids"]):
                 np.testing.assert_allclose(x[labels == j].mean(0), centroid, atol=1e-4)
         else:  # the reference set is drawn from those states; the edges are quartiles of their LID
-            gaps = _distances(saved["reference"], x).min(1)
+            gaps = _distances(x, saved["reference"]).min(0)  # each reference point to its nearest state
             assert gaps.max() < 1e-5
             lid = _numpy_lid(x, saved["reference"], reloaded.config.lid_k)
             np.testing.assert_allclose(saved["bin_edges"], np.quantile(lid, [0.25, 0.5, 0.75]), rtol=1e-4)
@@ -126,7 +126,8 @@ def test_domain_strata_are_the_examples_datasets(tmp_path, monkeypatch, hub_mirr
     forward = StratifiedForCausalLM.forward
 
     def spy(self, *args, **kwargs):
-        calls.append({k: kwargs.get(k) for k in ("input_ids", "attention_mask", "stratum_ids")})
+        calls.append({**{k: kwargs.get(k) for k in ("input_ids", "attention_mask", "stratum_ids")},
+                      "training": self.training})
         return forward(self, *args, **kwargs)
 
     monkeypatch.setattr(StratifiedForCausalLM, "forward", spy)
@@ -143,7 +144,7 @@ def test_domain_strata_are_the_examples_datasets(tmp_path, monkeypatch, hub_mirr
            1: [json.loads(line)["text"] for split in ("train", "validation")
                for line in (rt_files / f"{split}.jsonl").read_text().split("\n") if line]}
     blobs = {s: " | ".join(" ".join(t.split()) for t in texts) for s, texts in raw.items()}
-    seen = {0: 0, 1: 0}
+    seen = {(training, source): 0 for training in (True, False) for source in (0, 1)}
     for call in calls:
         assert call["stratum_ids"] is not None  # every forward (train, eval loss, task eval) got its strata
         ids = torch.as_tensor(call["stratum_ids"]).reshape(-1)
@@ -157,8 +158,8 @@ def test_domain_strata_are_the_examples_datasets(tmp_path, monkeypatch, hub_mirr
             assert len(review) >= 20, text
             found = [s for s, blob in blobs.items() if review in blob]
             assert found == [source], (source, text)
-            seen[source] += 1
-    assert seen[0] > 0 and seen[1] > 0, seen
+            seen[call["training"], source] += 1
+    assert min(seen.values()) > 0, seen  # both sources, in training batches and in the task evaluation
 
 
 @pytest.mark.parametrize("extra, words", [

@@ -151,28 +151,11 @@ def fit_on_training_rows(model: Any, examples: Examples, tokenizer: Any, kind: s
     batches = [{k: v.to(device) for k, v in collate([{"input_ids": r} for r in ids[i: i + FIT_BATCH]]).items()
                 if k in ("input_ids", "attention_mask")} for i in range(0, len(ids), FIT_BATCH)]
     try:
-        fit_stratum_sources(base, batches, seed=config.train.seed, max_tokens=FIT_TOKENS)
+        shares = fit_stratum_sources(base, batches, seed=config.train.seed, max_tokens=FIT_TOKENS)
     except ValueError as error:  # lid_bins: fewer distinct states than its reference set needs
         raise StrataError(f"--stratum_source {base.config.stratum_source} could not be fitted on the first "
                           f"{len(ids)} training rows ({total} tokens): {error}; use a larger training split") from error
-    return {"tokens": total, "shares": stratum_shares(base, batches)}
-
-
-@torch.no_grad()
-def stratum_shares(model: Any, batches: list[dict[str, torch.Tensor]]) -> list[list[float]]:
-    """Per layer, the fraction of non-padded tokens the (hard) source puts in each stratum."""
-    counts = None
-    was_training = model.training
-    model.eval()
-    for batch in batches:
-        out = model(**batch, output_router_logits=True, use_cache=False)
-        mask = batch["attention_mask"].bool()
-        layer_counts = torch.stack([probs[mask].sum(0).float().cpu() for probs in out.stratum_probs])
-        counts = layer_counts if counts is None else counts + layer_counts
-    model.train(was_training)
-    if counts is None:
-        return []
-    return [[round(float(c), 3) for c in row / row.sum()] for row in counts]
+    return {"tokens": total, "shares": shares}
 
 
 @contextmanager

@@ -399,25 +399,34 @@ def fit_stratum_sources(
     baseline: nn.Module | None = None,
     seed: int = 0,
     max_tokens: int = 8192,
-) -> None:
+) -> list[list[float]]:
     """Fit the `clusters` / `lid_bins` sources of `model` on the hidden states of `baseline` (default: `model`).
 
     Fitting on `model` itself at step 0 is equivalent to fitting on a baseline with the same backbone weights,
     because the zero-initialised mechanisms leave the residual stream unchanged. After fitting, the assignments
     are frozen buffers: they do not follow the hidden states if the backbone keeps training.
+    Returns, per layer, the share of the fitting tokens that the fitted source puts in each stratum ([] if
+    there is nothing to fit).
     """
     cfg = model.config
     if cfg.stratified_type == "none" or cfg.stratum_source not in ("clusters", "lid_bins"):
-        return
+        return []
     batches = list(batches)
     source_model = baseline if baseline is not None else model
     per_layer, _ = capture_router_inputs(source_model, batches, router_input_site(cfg.stratified_type))
     rng = np.random.default_rng(seed)
+    shares: list[list[float]] = []
     for i, layer in enumerate(model.model.layers):
         x = per_layer[i]
         if len(x) > max_tokens:
             x = x[rng.choice(len(x), size=max_tokens, replace=False)]
-        layer.stratum_source.fit(x, seed=seed + i)
+        source = layer.stratum_source
+        source.fit(x, seed=seed + i)
+        with torch.no_grad():
+            idx = source.assign(torch.as_tensor(x, dtype=torch.float32, device=source.fitted.device)[None])
+        counts = torch.bincount(idx.flatten().cpu(), minlength=source.num_strata).double()
+        shares.append([round(float(c), 4) for c in counts / counts.sum()])
+    return shares
 
 
 __all__ = [
