@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 import strata.training.run as run_module
 from strata.data.synthetic import build_splits
-from strata.models.stratified import StratifiedForCausalLM, routers
+from strata.models.stratified import StratifiedModel, routers
 
 STRATIFIED = [a if a != "llama-tiny" else "stratified-routing-tiny" for a in FAST]
 MIXTURE = ["--datasets", "synthetic", "rotten_tomatoes", "--mixture_rates", "0.5", "0.5"]
@@ -123,14 +123,14 @@ def test_fitted_sources_are_fitted_before_training_and_reload_identically(tmp_pa
 
 def test_domain_strata_are_the_examples_datasets(tmp_path, monkeypatch, hub_mirror):
     calls: list[dict[str, torch.Tensor | None]] = []
-    forward = StratifiedForCausalLM.forward
+    forward = StratifiedModel.forward
 
     def spy(self, *args, **kwargs):
         calls.append({**{k: kwargs.get(k) for k in ("input_ids", "attention_mask", "stratum_ids")},
                       "training": self.training})
         return forward(self, *args, **kwargs)
 
-    monkeypatch.setattr(StratifiedForCausalLM, "forward", spy)
+    monkeypatch.setattr(StratifiedModel, "forward", spy)
     runs = tmp_path / "runs"
     assert run_strata("train", *STRATIFIED, *MIXTURE, "--stratum_source", "domain", "--max_steps", "3",
                       "--runs_dir", runs) == 0

@@ -142,7 +142,7 @@ def fit_on_training_rows(model: Any, examples: Examples, tokenizer: Any, kind: s
     rows = tokenize_examples(head, tokenizer, kind, data, config.train.mode, config.train.data_order_seed()).train
     ids, total = [], 0
     for row in rows["input_ids"]:
-        if total + len(row) > FIT_TOKENS:
+        if ids and total + len(row) > FIT_TOKENS:
             break
         ids.append(row)
         total += len(row)
@@ -170,6 +170,7 @@ def source_strata(model: Any, source_index: int | None) -> Iterator[None]:
         yield
         return
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder = base.model  # the StratifiedModel: always entered through __call__ (peft calls the head's .forward)
 
     def hook(_module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         if kwargs.get("stratum_ids") is None:
@@ -180,7 +181,7 @@ def source_strata(model: Any, source_index: int | None) -> Iterator[None]:
                                                device=ref.device)
         return args, kwargs
 
-    handle = base.register_forward_pre_hook(hook, with_kwargs=True)
+    handle = decoder.register_forward_pre_hook(hook, with_kwargs=True)
     try:
         yield
     finally:
