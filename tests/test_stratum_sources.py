@@ -162,14 +162,17 @@ def test_domain_strata_are_the_examples_datasets(tmp_path, monkeypatch, hub_mirr
     assert min(seen.values()) > 0, seen  # both sources, in training batches and in the task evaluation
 
 
-@pytest.mark.parametrize("extra, words", [
-    ([], ("single dataset", "--datasets")),
-    ([*MIXTURE, "--use_packing"], ("--use_packing",)),
+@pytest.mark.parametrize("source, extra, words", [
+    ("domain", [], ("single dataset", "--datasets")),
+    ("domain", [*MIXTURE, "--use_packing"], ("--use_packing",)),
+    ("domain", [*MIXTURE, "--mode", "pretrain"], ("--mode pretrain", "--mode sft")),
+    ("domain", [*MIXTURE, "--mode", "rl"], ("--mode rl", "--mode sft")),
+    ("clusters", ["--mode", "rl"], ("--mode rl", "final/")),
 ])
-def test_domain_without_a_source_per_example_is_refused(tmp_path, capsys, extra, words):
+def test_sources_a_run_cannot_feed_are_refused(tmp_path, capsys, source, extra, words):
     runs = tmp_path / "runs"
-    assert run_strata("train", *STRATIFIED, *extra, "--stratum_source", "domain", "--max_steps", "2",
+    assert run_strata("train", *STRATIFIED, *extra, "--stratum_source", source, "--max_steps", "2",
                       "--runs_dir", runs) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and all(w in err[0] for w in words), err
-    assert not runs.exists()  # nothing written
+    assert not runs.exists()  # refused before anything is written
