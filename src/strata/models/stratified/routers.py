@@ -304,8 +304,8 @@ def mle_lid_to_reference(x: torch.Tensor, reference: torch.Tensor, k: int, eps: 
     m(x) = (k - 2) / sum_{j<k} log(T_k / T_j), with T_j the distance to the j-th nearest `reference` row [R, H].
     The (k - 2) numerator (instead of k - 1) makes 1/m unbiased-inverse (MacKay & Ghahramani, 2005). Reference
     points at distance <= eps are treated as the query itself and skipped. Distances are taken directly, not
-    through cdist's matrix-product shortcut: that one is off by up to ~1e-2 on unit-scale states, so a duplicate
-    would get a tiny non-zero T_1 instead of 0 and dominate the log sum.
+    through cdist's matrix-product shortcut: that one was off by up to 6e-3 on RMS-normed states (norm ~8), so a
+    duplicate got a tiny non-zero T_1 instead of 0, which dominated the log sum.
     """
     d = torch.cdist(x.float(), reference.float().to(x.device), compute_mode="donot_use_mm_for_euclid_dist")
     d = d.masked_fill(d <= eps, float("inf"))
