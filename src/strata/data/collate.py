@@ -51,7 +51,8 @@ class PaddingCollator:
     """Right-pad to the longest example in the batch; labels are -100 wherever ``attention_mask`` is 0.
 
     Features need ``input_ids`` and optionally ``labels`` (without labels, labels = input_ids on real
-    tokens, for plain LM data). Returns ``input_ids``, ``attention_mask``, ``labels`` as int64 tensors.
+    tokens, for plain LM data). Returns ``input_ids``, ``attention_mask``, ``labels`` as int64 tensors, plus
+    ``stratum_ids`` [B] when the features carry one (a stratified model's ``domain`` source).
     """
 
     def __init__(
@@ -76,7 +77,10 @@ class PaddingCollator:
         else:
             labels = input_ids.clone()
         labels = labels.masked_fill(attention_mask == 0, IGNORE_INDEX)
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        if "stratum_ids" in features[0]:  # one domain tag per example, for stratum_source="domain"
+            batch["stratum_ids"] = torch.as_tensor([int(f["stratum_ids"]) for f in features], dtype=torch.long)
+        return batch
 
 
 class Seq2SeqCollator:

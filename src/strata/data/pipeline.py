@@ -14,6 +14,8 @@ import datasets
 from strata.config import DataArguments
 from strata.errors import StrataError
 
+SOURCE_COLUMN = "source_index"  # a mixture's training rows: index of their dataset in --datasets
+
 
 @dataclass
 class EvalSource:
@@ -80,6 +82,7 @@ def load_examples(data: DataArguments, mode: str, seed: int) -> Examples:
     else:
         for rate, source in zip(rates, sources):
             source["rate"] = rate
+        trains = [part.add_column(SOURCE_COLUMN, [i] * len(part)) for i, part in enumerate(trains)]
         train_set = mix(_common_columns(trains), rates, seed)
         tag = mixture_tag(tags, rates)
     if data.max_train_examples is not None:

@@ -47,6 +47,7 @@ from strata.training.run_folder import (
     resolve_resume,
     run_key,
 )
+from strata.training.stratum_sources import check_stratum_sources, planned_config, prepare_stratum_sources
 from strata.training.trainer import StrataTrainer, scalar_metrics
 
 logger = logging.getLogger("strata.train")
@@ -69,6 +70,7 @@ def train(config: RunConfig) -> RunResult:
     preflight(config)
 
     examples = load_examples(data_args, train_args.mode, train_args.data_order_seed())
+    check_stratum_sources(planned_config(config), examples, config)  # before a run folder exists
     say(f"data {examples.tag}: {len(examples.train):,} training examples ({examples.family}); "
         + ", ".join(f"{e.name} eval {len(e.dataset):,}" for e in examples.evals))
 
@@ -110,6 +112,7 @@ def _train_in_folder(config: RunConfig, examples: Examples, folder: RunFolder, c
     loaded = load_for_training(model_args, mirror, train_texts=examples.training_texts(),
                                tokenizer_dir=folder.root / "tokenizer", dropout=train_args.dropout,
                                seed=train_args.seed, log=say)
+    check_stratum_sources(loaded.model, examples, config)
     if train_args.mode == "rl":
         from strata.training.rl import run_rl
 
@@ -117,6 +120,8 @@ def _train_in_folder(config: RunConfig, examples: Examples, folder: RunFolder, c
 
     tokenized = tokenize_examples(examples, loaded.tokenizer, loaded.kind, data_args, train_args.mode,
                                   train_args.data_order_seed(), rows_needed=_rows_needed(config, dist))
+    tokenized = prepare_stratum_sources(loaded.model, examples, tokenized, loaded.tokenizer, loaded.kind, config,
+                                        fit=checkpoint is None, say=say)
     trainer = build_trainer(config, examples, loaded, tokenized, folder, dist)
     progress["training"] = True
     train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)

@@ -120,12 +120,15 @@ class StrataTrainer(Trainer):
     def run_task_evaluation(self, spec: dict[str, Any]) -> dict[str, Any]:
         """Label-likelihood / generation metrics on one formatted evaluation set."""
         from strata.evaluation import evaluate_dataset
+        from strata.training.stratum_sources import source_strata
 
         model = self.accelerator.unwrap_model(self.model)
         was_training = model.training
         model.eval()
-        # Scored in fp32 (autocast off) so `strata eval` on final/ reproduces the number exactly.
-        with torch.autocast(device_type=self.args.device.type, enabled=False):
+        # Scored in fp32 (autocast off) so `strata eval` on final/ reproduces the number exactly. A `domain`
+        # stratified model gets this source's index (task_eval follows --datasets order) as its stratum.
+        source = next((i for i, s in enumerate(self.task_eval) if s is spec), None)
+        with torch.autocast(device_type=self.args.device.type, enabled=False), source_strata(model, source):
             metrics = evaluate_dataset(model, self.processing_class, spec["dataset"], spec["family"],
                                        spec["label_words"], method=spec["method"],
                                        batch_size=spec["batch_size"], max_length=spec["max_length"],

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from strata.errors import StrataError
 from strata.models.stratified.configuration_stratified import StratifiedConfig
 
 
@@ -233,6 +234,10 @@ class LIDBinStratumSource(StratumSource):
         self.fitted.fill_(True)
 
 
+class MissingStratumIds(StrataError, ValueError):
+    """A `domain` model called without `stratum_ids`: a ValueError for library callers, one line in the CLI."""
+
+
 class DomainStratumSource(StratumSource):
     """Oracle: the domain tag passed as `stratum_ids` ([B] or [B, T]); an upper bound, not a method."""
 
@@ -244,7 +249,9 @@ class DomainStratumSource(StratumSource):
         **kwargs,
     ) -> torch.Tensor:
         if stratum_ids is None:
-            raise ValueError('stratum_source="domain" needs the forward kwarg `stratum_ids` ([B] or [B, T])')
+            raise MissingStratumIds('stratum_source="domain" needs the forward kwarg `stratum_ids` ([B] or [B, T]), '
+                                    "each example's domain; `strata train` feeds a mixture's dataset index, "
+                                    "other callers must pass it")
         b, t = hidden_states.shape[:2]
         ids = torch.as_tensor(stratum_ids, device=hidden_states.device).long()
         if ids.dim() == 1:
@@ -296,9 +303,11 @@ def mle_lid_to_reference(x: torch.Tensor, reference: torch.Tensor, k: int, eps: 
 
     m(x) = (k - 2) / sum_{j<k} log(T_k / T_j), with T_j the distance to the j-th nearest `reference` row [R, H].
     The (k - 2) numerator (instead of k - 1) makes 1/m unbiased-inverse (MacKay & Ghahramani, 2005). Reference
-    points at distance <= eps are treated as the query itself and skipped.
+    points at distance <= eps are treated as the query itself and skipped. Distances are taken directly, not
+    through cdist's matrix-product shortcut: that one was off by up to 6e-3 on RMS-normed states (norm ~8), so a
+    duplicate got a tiny non-zero T_1 instead of 0, which dominated the log sum.
     """
-    d = torch.cdist(x.float(), reference.float().to(x.device))  # [N, R]
+    d = torch.cdist(x.float(), reference.float().to(x.device), compute_mode="donot_use_mm_for_euclid_dist")
     d = d.masked_fill(d <= eps, float("inf"))
     t = d.topk(k, dim=-1, largest=False).values  # [N, k], ascending
     s = torch.log(t[:, -1:] / t[:, :-1]).sum(dim=-1)  # [N]
@@ -390,25 +399,34 @@ def fit_stratum_sources(
     baseline: nn.Module | None = None,
     seed: int = 0,
     max_tokens: int = 8192,
-) -> None:
+) -> list[list[float]]:
     """Fit the `clusters` / `lid_bins` sources of `model` on the hidden states of `baseline` (default: `model`).
 
     Fitting on `model` itself at step 0 is equivalent to fitting on a baseline with the same backbone weights,
     because the zero-initialised mechanisms leave the residual stream unchanged. After fitting, the assignments
     are frozen buffers: they do not follow the hidden states if the backbone keeps training.
+    Returns, per layer, the share of the fitting tokens that the fitted source puts in each stratum ([] if
+    there is nothing to fit).
     """
     cfg = model.config
     if cfg.stratified_type == "none" or cfg.stratum_source not in ("clusters", "lid_bins"):
-        return
+        return []
     batches = list(batches)
     source_model = baseline if baseline is not None else model
     per_layer, _ = capture_router_inputs(source_model, batches, router_input_site(cfg.stratified_type))
     rng = np.random.default_rng(seed)
+    shares: list[list[float]] = []
     for i, layer in enumerate(model.model.layers):
         x = per_layer[i]
         if len(x) > max_tokens:
             x = x[rng.choice(len(x), size=max_tokens, replace=False)]
-        layer.stratum_source.fit(x, seed=seed + i)
+        source = layer.stratum_source
+        source.fit(x, seed=seed + i)
+        with torch.no_grad():
+            idx = source.assign(torch.as_tensor(x, dtype=torch.float32, device=source.fitted.device)[None])
+        counts = torch.bincount(idx.flatten().cpu(), minlength=source.num_strata).double()
+        shares.append([round(float(c), 4) for c in counts / counts.sum()])
+    return shares
 
 
 __all__ = [
