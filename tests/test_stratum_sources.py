@@ -176,3 +176,22 @@ def test_sources_a_run_cannot_feed_are_refused(tmp_path, capsys, source, extra, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and all(w in err[0] for w in words), err
     assert not runs.exists()  # refused before anything is written
+
+
+def test_stratified_flags_on_a_model_folder_rebuild_scratch_or_are_refused(tmp_path, capsys):
+    """--stratum_source with --model <folder>: applied to a config built from scratch, refused over trained weights
+    (before, only presets applied it and a folder silently kept its own)."""
+    assert run_strata("train", *STRATIFIED, "--max_steps", "1", "--runs_dir", tmp_path / "a") == 0
+    final = only_run(tmp_path / "a") / "final"
+    assert json.loads((final / "config.json").read_text())["stratum_source"] != "hash"
+    common = [a for a in STRATIFIED if a not in ("--model", "stratified-routing-tiny")]
+    capsys.readouterr()
+    code = run_strata("train", *common, "--model", final, "--stratum_source", "hash", "--max_steps", "1",
+                      "--runs_dir", tmp_path / "b")
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "were trained with stratum_source=" in lines[0], lines
+    assert not (tmp_path / "b").exists()
+    assert run_strata("train", *common, "--model", final, "--init", "scratch", "--stratum_source", "hash",
+                      "--max_steps", "1", "--runs_dir", tmp_path / "c") == 0
+    rebuilt = json.loads((only_run(tmp_path / "c") / "final" / "config.json").read_text())
+    assert rebuilt["stratum_source"] == "hash"

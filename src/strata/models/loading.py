@@ -320,11 +320,11 @@ def read_model_config(path: str):
 
 def config_from_flags(args: ModelArguments, mirror: str | None) -> PretrainedConfig | None:
     """The model's config from the flags alone (no weights); None for a hub id that is not local."""
-    preset, path, _init = resolve_model_source(args, mirror)
+    preset, path, init = resolve_model_source(args, mirror)
     if preset is not None:
         return preset.make_config(384)  # the vocabulary size does not change the architecture class
     if path is not None and Path(path).is_dir():
-        return read_model_config(path)
+        return _stratified_overrides(args, read_model_config(path), path, init)
     return None
 
 
@@ -372,6 +372,7 @@ def plan_model(args: ModelArguments, vocab_size: int, tokenizer: PreTrainedToken
         source = f"{'local' if Path(path).is_dir() else 'hub'}:{path}"
         if init == "scratch" and getattr(config, "vocab_size", vocab_size) < vocab_size:
             config.vocab_size = vocab_size
+        config = _stratified_overrides(args, config, path, init)
     if args.match_params:
         config = _match_params(config)
     if dropout is not None:
@@ -384,6 +385,24 @@ def plan_model(args: ModelArguments, vocab_size: int, tokenizer: PreTrainedToken
                               "build the model from its config with --init scratch")
     return ModelPlan(config=config, kind=kind, source=source, init=init, model_path=path, preset=preset,
                      is_moe=moe, num_params=count_parameters_from_config(config, kind))
+
+
+def _stratified_overrides(args: ModelArguments, config: PretrainedConfig, path: str, init: str) -> PretrainedConfig:
+    """--stratified_type/--stratum_source on a model folder: rebuild a scratch config, refuse trained weights."""
+    for flag in ("stratified_type", "stratum_source"):
+        value, current = getattr(args, flag), getattr(config, flag, None)
+        if value is None or value == current:
+            continue
+        if config.model_type != "stratified":
+            raise StrataError(f"--{flag} applies to stratified models; {path} is {config.model_type}: drop it")
+        if init != "scratch":
+            raise StrataError(f"--{flag} {value}: the weights in {path} were trained with {flag}={current}; drop "
+                              "the flag, or pass --init scratch to build a new model from this config")
+        try:
+            config = type(config)(**{**config.to_dict(), flag: value})
+        except ValueError as error:
+            raise StrataError(f"{path}: {error}") from error
+    return config
 
 
 def _match_params(config: PretrainedConfig) -> PretrainedConfig:
