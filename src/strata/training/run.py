@@ -135,7 +135,8 @@ def _train_in_folder(config: RunConfig, examples: Examples, folder: RunFolder, c
         "train": dict(train_output.metrics),
         "eval": final_metrics,
         "task_eval": trainer.task_eval_details(),
-        "run": _run_summary(config, examples, loaded, tokenized, dist),
+        "run": {**_run_summary(config, examples, loaded, tokenized, dist),
+                "throughput": trainer.throughput_summary()},
     }
     if dist.is_main:
         save_final(trainer, loaded, folder, model_args)

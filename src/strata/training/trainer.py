@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from typing import Any
 
 import torch
@@ -19,6 +18,13 @@ from transformers.trainer_utils import EvalLoopOutput
 
 from strata.evaluation.task_metrics import scalar_metrics, task_metric_names
 from strata.training.guards import NonFiniteGuard
+from strata.training.throughput import (
+    FlopCounter,
+    ThroughputMeter,
+    batch_counts,
+    measure_peak_flops,
+    mfu_unavailable_reason,
+)
 
 __all__ = ["StrataTrainer", "scalar_metrics"]  # run.py takes scalar_metrics from here
 
@@ -39,8 +45,9 @@ class StrataTrainer(Trainer):
         self.last_task_metrics: dict[str, dict[str, Any]] = {}
         self._task_prefix: str | None = None  # set while evaluate() runs: evaluation_loop adds task metrics
         self._aux_losses: list[float] = []
-        self._last_log_time: float | None = None
-        self._last_log_tokens = 0
+        self.throughput: ThroughputMeter | None = None  # built at train start, after the peak probe
+        # Where the LM head runs, for the FLOP count: "loss" when compute_loss projects only loss positions.
+        self.lm_head_positions = "all"
 
     # --- losses -----------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -51,8 +58,13 @@ class StrataTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     def training_step(self, model, inputs, num_items_in_batch=None):
+        counts = batch_counts(inputs, getattr(self.processing_class, "pad_token_id", None),
+                              bool(getattr(self.model.config, "is_encoder_decoder", False)))
         loss = super().training_step(model, inputs, num_items_in_batch)
         self.nan_guard.observe_loss(loss)
+        if self.throughput is not None:  # after the step: compute_loss may have chosen lm_head_positions
+            non_pad, loss_tokens, seq_len = counts
+            self.throughput.observe(non_pad, loss_tokens, self.lm_head_positions, seq_len)
         return loss
 
     # --- logging ----------------------------------------------------------------------------
@@ -60,20 +72,41 @@ class StrataTrainer(Trainer):
         if "loss" in logs:  # a training log: add throughput, router aux loss, skipped non-finite steps
             if self.nan_guard.skipped:
                 logs["nonfinite_skips"] = self.nan_guard.skipped
-            now = time.perf_counter()
-            tokens = int(self.state.num_input_tokens_seen or 0)
-            if self._last_log_time is not None and now > self._last_log_time:
-                logs["tokens_per_second"] = (tokens - self._last_log_tokens) / (now - self._last_log_time)
-            self._last_log_time, self._last_log_tokens = now, tokens
+            if self.throughput is not None:  # tokens/s, loss tokens/s, MFU since the last training log
+                logs.update(self.throughput.close_window(self._sum_over_processes))
             if self._aux_losses:
                 logs["aux_loss"] = sum(self._aux_losses) / len(self._aux_losses)
                 self._aux_losses.clear()
         super().log(logs, start_time)
 
     def _inner_training_loop(self, *args, **kwargs):
-        self._last_log_time = time.perf_counter()
-        self._last_log_tokens = int(self.state.num_input_tokens_seen or 0)
+        if self.throughput is None:
+            self.throughput = self._throughput_meter()
+            self.add_callback(self.throughput)
         return super()._inner_training_loop(*args, **kwargs)
+
+    def _throughput_meter(self) -> ThroughputMeter:
+        """FLOP counter + measured peak (before the clock starts); MFU's absence is said once, with why."""
+        reason = mfu_unavailable_reason(self.model)
+        peak = None
+        if reason is None:
+            dtype = torch.bfloat16 if self.args.bf16 else torch.float16 if self.args.fp16 else torch.float32
+            peak = measure_peak_flops(self.args.device, dtype)
+            logger.info("peak %.3g FLOP/s for MFU: %s", peak.flops_per_second, peak.how)
+        elif self.is_world_process_zero():
+            logger.warning(reason)
+        return ThroughputMeter(FlopCounter.from_model(self.model), peak, reason, self.accelerator.num_processes)
+
+    def _sum_over_processes(self, values: list[float]) -> list[float]:
+        if self.accelerator.num_processes == 1:
+            return values
+        total = self.accelerator.reduce(torch.tensor(values, dtype=torch.float64, device=self.args.device),
+                                        reduction="sum")
+        return [float(v) for v in total]
+
+    def throughput_summary(self) -> dict[str, Any]:
+        """Run-level tokens/s, loss tokens/s, FLOPs per token, peak and MFU for metrics.json (all ranks call)."""
+        return self.throughput.summary(self._sum_over_processes) if self.throughput is not None else {}
 
     # --- evaluation -------------------------------------------------------------------------
     # Task metrics join the metrics inside Trainer.evaluate (through evaluation_loop), so the one
