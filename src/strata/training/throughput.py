@@ -168,7 +168,7 @@ def measure_peak_flops(device: torch.device | str, dtype: torch.dtype, path: Pat
         return PeakFlops(float(entry["flops_per_second"]), key, f"{entry['how']} (cached in {path})")
     flops_per_second, size = _probe(device, dtype)
     how = (f"{size}x{size} {str(dtype).removeprefix('torch.')} matmul on {device_name(device)}, "
-           f"measured {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}")
+           f"measured {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}{_load_note()}")
     cache = _read_cache(path)  # another process may have written meanwhile: keep its entries
     cache[key] = {"flops_per_second": flops_per_second, "how": how}
     _write_cache(path, cache)
@@ -178,17 +178,25 @@ def measure_peak_flops(device: torch.device | str, dtype: torch.dtype, path: Pat
 def _probe(device: torch.device, dtype: torch.dtype) -> tuple[float, int]:
     """Best FLOPs/s over repeated square matmuls; the size shrinks until one multiply fits the budget."""
     size = 8192 if device.type == "cuda" else 1024
-    generator = torch.Generator().manual_seed(0)
-    while True:
-        a = torch.randn(size, size, generator=generator).to(device=device, dtype=dtype)
-        b = torch.randn(size, size, generator=generator).to(device=device, dtype=dtype)
-        seconds = _time_matmul(a, b, device)  # also the warm-up
-        if seconds < PROBE_BUDGET_SECONDS / 8 or size <= 256:
+    while True:  # operands made on the device: 8192^2 randoms built on a CPU would take longer than the probe
+        a = torch.randn(size, size, device=device, dtype=dtype)
+        b = torch.randn(size, size, device=device, dtype=dtype)
+        _time_matmul(a, b, device)  # warm-up: library initialisation (cuBLAS handles, oneDNN kernels)
+        seconds = _time_matmul(a, b, device)
+        if seconds < PROBE_BUDGET_SECONDS / 3 or size <= 256:
             break
         size //= 2
     repeats = max(3, min(50, int(PROBE_BUDGET_SECONDS / max(seconds, 1e-6))))
     best = min(_time_matmul(a, b, device) for _ in range(repeats))
     return 2.0 * size**3 / best, size
+
+
+def _load_note() -> str:
+    """The machine's load when measured: a busy CPU measures a low peak (and so inflates MFU)."""
+    try:
+        return f", load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+    except (AttributeError, OSError):
+        return ""
 
 
 def _time_matmul(a: torch.Tensor, b: torch.Tensor, device: torch.device) -> float:
@@ -221,9 +229,12 @@ def _write_cache(path: Path, cache: dict[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------------------- the meter
-def batch_counts(inputs: dict[str, Any], pad_token_id: int | None, encoder_decoder: bool) -> tuple[int, int, float]:
-    """(non-pad tokens, loss-bearing tokens, attention seq_len) of one micro-batch."""
-    ids = inputs["input_ids"]
+def batch_counts(inputs: dict[str, Any], pad_token_id: int | None,
+                 encoder_decoder: bool) -> tuple[int, int, float] | None:
+    """(non-pad tokens, loss-bearing tokens, attention seq_len) of one micro-batch; None without input_ids."""
+    ids = inputs.get("input_ids")
+    if not isinstance(ids, torch.Tensor):
+        return None
     if "attention_mask" in inputs:
         non_pad = int(inputs["attention_mask"].sum())
     elif pad_token_id is not None:

@@ -62,8 +62,8 @@ class StrataTrainer(Trainer):
                               bool(getattr(self.model.config, "is_encoder_decoder", False)))
         loss = super().training_step(model, inputs, num_items_in_batch)
         self.nan_guard.observe_loss(loss)
-        if self.throughput is not None:  # after the step: compute_loss may have chosen lm_head_positions
-            non_pad, loss_tokens, seq_len = counts
+        if self.throughput is not None and counts is not None:  # after the step: compute_loss sets
+            non_pad, loss_tokens, seq_len = counts  # lm_head_positions
             self.throughput.observe(non_pad, loss_tokens, self.lm_head_positions, seq_len)
         return loss
 
