@@ -175,3 +175,23 @@ def test_train_logs_mfu_to_tensorboard_and_metrics(tmp_path, monkeypatch):
     assert "matmul" in summary["peak_flops_how"] and (tmp_path / "cache" / "peak_flops.json").is_file()
     assert not math.isnan(summary["mfu"])
 
+
+
+def test_batch_counts_padded_packed_and_flattened():
+    from strata.data.collate import PackingCollator, PaddingCollator
+    from strata.training.throughput import batch_counts
+
+    rows = [{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [8, 9], "labels": [-100, 9]}]
+    padded = PaddingCollator(pad_token_id=0)(rows)
+    # 5 real tokens in a 2x3 batch; loss-bearing after the shift: 6, 7 and 9.
+    assert batch_counts(padded, 0, encoder_decoder=False) == (5, 3, 3)
+    packed = [{"input_ids": [5, 6, 7, 8, 9], "labels": [5, 6, 7, 8, 9], "position_ids": [0, 1, 2, 0, 1]},
+              {"input_ids": [4, 4], "labels": [4, 4], "position_ids": [0, 1]}]
+    batch = PackingCollator(pad_token_id=0)(packed)
+    # No attention_mask: real tokens are the non-pad ids (7 of 2x5); each example's first label is dropped and
+    # the shift drops each row's first, leaving 6, 7, 9 and the second 4.
+    assert batch_counts(batch, 0, encoder_decoder=False) == (7, 4, 5)
+    flat = PackingCollator(pad_token_id=0, flatten=True)(packed)
+    # One row of examples 3, 2, 2 long: length-weighted mean length (9 + 4 + 4) / 7.
+    non_pad, loss, seq_len = batch_counts(flat, 0, encoder_decoder=False)
+    assert (non_pad, loss) == (7, 4) and seq_len == pytest.approx(17 / 7)
