@@ -195,3 +195,21 @@ def test_batch_counts_padded_packed_and_flattened():
     # One row of examples 3, 2, 2 long: length-weighted mean length (9 + 4 + 4) / 7.
     non_pad, loss, seq_len = batch_counts(flat, 0, encoder_decoder=False)
     assert (non_pad, loss) == (7, 4) and seq_len == pytest.approx(17 / 7)
+
+
+def test_own_models_attention_convention():
+    from strata.models.stratified import STRATIFIED_PRESETS, StratifiedForCausalLM
+    from strata.models.ttt import TTT_PRESETS, TTTForCausalLM
+
+    ttt = TTTForCausalLM(TTT_PRESETS["ttt-linear-tiny"](vocab_size=64))
+    counted = FlopCounter.from_model(ttt)
+    embeddings = sum(m.weight.numel() for m in ttt.modules() if isinstance(m, torch.nn.Embedding))
+    head = ttt.get_output_embeddings().weight
+    assert counted.attention_width == 0  # TTT: parameter term only (docs/throughput.md)
+    tied = head is ttt.get_input_embeddings().weight
+    assert counted.trainable_params + (0 if tied else head.numel()) + embeddings == ttt.num_parameters()
+    config = STRATIFIED_PRESETS["stratified-routing-tiny"](vocab_size=64)
+    stratified = FlopCounter.from_model(StratifiedForCausalLM(config))
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    assert stratified.attention_width == config.num_attention_heads * head_dim > 0
+    assert stratified.n_layers == config.num_hidden_layers
