@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ["STRATA_HUB_MIRROR"] = str(HUB_MIRROR)
+# The measured-peak cache (strata.training.throughput) of a test run stays out of the user's ~/.cache.
+os.environ["STRATA_CACHE"] = tempfile.mkdtemp(prefix="strata-test-cache-")
 
 import torch  # noqa: E402
 
