@@ -33,6 +33,7 @@ import json
 import os
 import platform
 import resource
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -389,7 +390,7 @@ def main(argv: list[str] | None = None) -> None:
         worker(a)
         return
     started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    command = "python benchmarks/bench_sft.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = shlex.join(["python", "benchmarks/bench_sft.py", *(argv if argv is not None else sys.argv[1:])])
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench_sft_") as tmp:
         a.workdir = Path(tmp)
@@ -400,7 +401,7 @@ def main(argv: list[str] | None = None) -> None:
             k = r % len(a.systems)
             for system in a.systems[k:] + a.systems[:k]:
                 results[system].append(measure(system, a, r))
-    text = report(a, results, params, started, command.strip(), time.perf_counter() - t0)
+    text = report(a, results, params, started, command, time.perf_counter() - t0)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(text)
     print(text)
