@@ -44,6 +44,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_packing.py
 	$(BIN)/python benchmarks/bench_ttt.py
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_sft.py
 
 # A fresh venv with no constraints: pip takes the newest release of everything pyproject.toml allows
 # (torch stays TORCH_SPEC: the newest torch on PyPI is a multi-GB CUDA build).
