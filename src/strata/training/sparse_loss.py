@@ -1,0 +1,211 @@
+"""LM head and cross-entropy only at loss positions (``--loss_positions_only``).
+
+In SFT only the answer tokens carry loss (~2 of ~40 per SST-2 row), yet a causal LM projects every
+position onto the whole vocabulary: most of a step is the LM head and a softmax whose result is thrown
+away. Here the model runs exactly as Trainer calls it (same inputs, ``labels``, ``num_items_in_batch``),
+but for that one call
+
+* its output head first gathers the hidden states whose *shifted* label is not -100 ([B, T, H] ->
+  [1, N, H]) and projects only those, and
+* its ``loss_function`` (transformers' ``ForCausalLMLoss``) gets those N target ids as ``shift_labels``.
+
+Everything else stays the model's and Trainer's own: the reduction (sum / ``num_items_in_batch`` or
+mean), router aux losses (Mixtral, our stratified model: they read ``labels`` and ``attention_mask``,
+which are unchanged), gradient-accumulation scaling and ``average_tokens_across_devices``. When there are
+more than ``chunk_tokens`` loss positions (pretraining: every position), the head + cross-entropy run
+chunk by chunk under ``torch.utils.checkpoint``, so the [tokens x vocab] logits are never held whole.
+
+Where this cannot be done exactly (encoder-decoder, another loss function, label smoothing, a model
+that post-processes its logits or labels) the normal full-logits path runs, with the reason logged once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+from transformers import PreTrainedModel
+from transformers.loss.loss_utils import LOSS_MAPPING
+
+__all__ = ["LossPositionsOnly", "SparseLossMismatch", "loss_positions"]
+
+logger = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+CHUNK_TOKENS = 1024  # loss positions per head + cross-entropy chunk: [1024 x 50,257] fp32 logits = 206 MB
+_CAUSAL_LM_LOSS = LOSS_MAPPING["ForCausalLM"]
+
+
+class SparseLossMismatch(RuntimeError):
+    """The model did not call its head / loss the way the sparse path relies on; use the full path."""
+
+
+def loss_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mask [B, T], targets [N]) of positions whose next-token label is not -100, as ForCausalLMLoss shifts."""
+    shifted = nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
+    mask = shifted != IGNORE_INDEX
+    return mask, shifted[mask]
+
+
+def _base_model(model: nn.Module) -> nn.Module:
+    """The transformers model under a peft wrapper (its head and loss_function are the ones called)."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+class LossPositionsOnly:
+    """Decides whether the sparse path is exact for a model and a batch, and runs one forward through it."""
+
+    def __init__(self, enabled: bool = True, chunk_tokens: int = CHUNK_TOKENS) -> None:
+        self.enabled = enabled
+        self.chunk_tokens = chunk_tokens
+        self._refused: dict[int, str] = {}  # id(base model) -> why the sparse path does not apply to it
+
+    # --- validity --------------------------------------------------------------------------
+    def model_reason(self, base: nn.Module) -> str | None:
+        """Why the sparse path is not exact for this model, or None."""
+        if not isinstance(base, PreTrainedModel):
+            return f"{type(base).__name__} is not a transformers PreTrainedModel"
+        if getattr(base.config, "is_encoder_decoder", False):
+            return "encoder-decoder models shift decoder labels themselves"
+        if base.loss_function is not _CAUSAL_LM_LOSS:
+            return f"its loss is {getattr(base.loss_function, '__name__', base.loss_function)}, not ForCausalLMLoss"
+        head = base.get_output_embeddings()
+        if not isinstance(head, nn.Module):
+            return "it has no output embeddings module"
+        return None
+
+    def batch_reason(self, inputs: dict[str, Any], trainer_custom_loss: bool) -> str | None:
+        """Why this batch must take the full path, or None."""
+        if trainer_custom_loss:
+            return "label smoothing / compute_loss_func read the full logits"
+        labels = inputs.get("labels")
+        if not isinstance(labels, torch.Tensor) or labels.dim() != 2:
+            return "the batch has no [batch, seq] labels"
+        for key in ("shift_labels", "logits_to_keep"):
+            if key in inputs:
+                return f"the batch sets {key}"
+        return None
+
+    def applies(self, base: nn.Module, inputs: dict[str, Any], trainer_custom_loss: bool) -> bool:
+        """True when the sparse path runs; logs the reason once per model when it does not."""
+        if not self.enabled:
+            return False
+        key = id(base)
+        if key not in self._refused:
+            reason = self.model_reason(base)
+            if reason is None:
+                self._refused[key] = ""
+            else:
+                self._refused[key] = reason
+                logger.info("loss_positions_only: full LM head for %s: %s", type(base).__name__, reason)
+        if self._refused[key]:
+            return False
+        reason = self.batch_reason(inputs, trainer_custom_loss)
+        if reason is not None:
+            logger.debug("loss_positions_only: full LM head for this batch: %s", reason)
+        return reason is None
+
+    def refuse(self, base: nn.Module, reason: str) -> None:
+        """Turn the sparse path off for this model (after a mismatch found mid-forward)."""
+        self._refused[id(base)] = reason
+        logger.warning("loss_positions_only: full LM head for %s from now on: %s", type(base).__name__, reason)
+
+    # --- the patched forward ---------------------------------------------------------------
+    @contextmanager
+    def patched(self, base: PreTrainedModel, batch_labels: torch.Tensor):
+        """Within: ``base``'s head projects only the loss positions, its loss uses their target ids."""
+        mask, targets = loss_positions(batch_labels)
+        n = int(targets.numel())
+        chunked = n > self.chunk_tokens
+        head = base.get_output_embeddings()
+        head_forward = head.forward  # bound method, or an instance override (accelerate hooks)
+        had_instance_forward = "forward" in head.__dict__
+        state: dict[str, Any] = {"calls": 0}
+
+        def sparse_head(hidden: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+            state["calls"] += 1
+            if args or kwargs or hidden.shape[:-1] != mask.shape:
+                raise SparseLossMismatch(f"the head got input of shape {tuple(hidden.shape)}, labels are "
+                                         f"{tuple(mask.shape)}")
+            gathered = hidden[mask.to(hidden.device)]  # [N, H]
+            if not chunked:
+                out = head_forward(gathered[None])  # [1, N, V]
+                state["logits"] = out
+                return out
+            state["hidden"] = gathered
+            vocab = int(getattr(base.config, "vocab_size", 0) or getattr(head, "out_features", 0))
+            # Stand-in logits that own no memory; the loss below reads state["hidden"] instead.
+            out = gathered.new_zeros((), dtype=torch.float32).expand(1, n, vocab)
+            state["logits"] = out
+            return out
+
+        def sparse_loss(logits: torch.Tensor, labels: torch.Tensor | None = None, vocab_size: int | None = None,
+                        num_items_in_batch: torch.Tensor | int | None = None, ignore_index: int = IGNORE_INDEX,
+                        **kwargs: Any) -> torch.Tensor:
+            if state["calls"] != 1:
+                raise SparseLossMismatch(f"the head ran {state['calls']} times in one forward")
+            # Elementwise post-processing (.float(), softcapping) keeps the gathered layout; anything that
+            # changes the shape, or any change at all to the memory-less stand-in, does not.
+            if logits is not state["logits"] and (chunked or logits.shape[:-1] != (1, n)):
+                raise SparseLossMismatch("the model changed its logits between head and loss")
+            if labels is not batch_labels or ignore_index != IGNORE_INDEX or "shift_labels" in kwargs:
+                raise SparseLossMismatch("the model changed the labels it passes to its loss")
+            if not chunked:
+                return _CAUSAL_LM_LOSS(logits, labels, vocab_size, num_items_in_batch=num_items_in_batch,
+                                       ignore_index=ignore_index, shift_labels=targets[None].to(logits.device),
+                                       **kwargs)
+            return self._chunked_cross_entropy(head_forward, state["hidden"], targets, num_items_in_batch)
+
+        had_loss_function = "_loss_function" in base.__dict__
+        previous_loss_function = base.__dict__.get("_loss_function")
+        head.forward = sparse_head
+        base.loss_function = sparse_loss
+        try:
+            yield
+        finally:
+            if had_instance_forward:
+                head.forward = head_forward
+            else:
+                del head.forward
+            if had_loss_function:
+                base.loss_function = previous_loss_function
+            else:
+                del base._loss_function
+            state.clear()
+
+    def _chunked_cross_entropy(self, head_forward: Callable[[torch.Tensor], torch.Tensor], hidden: torch.Tensor,
+                               targets: torch.Tensor, num_items_in_batch: torch.Tensor | int | None) -> torch.Tensor:
+        """Sum of per-chunk CE (head recomputed in backward), reduced like transformers' fixed_cross_entropy."""
+        targets = targets.to(hidden.device)
+
+        def chunk_loss(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return nn.functional.cross_entropy(head_forward(h).float(), t, reduction="sum")
+
+        total = hidden.new_zeros((), dtype=torch.float32)
+        for start in range(0, hidden.shape[0], self.chunk_tokens):
+            h, t = hidden[start:start + self.chunk_tokens], targets[start:start + self.chunk_tokens]
+            total = total + checkpoint(chunk_loss, h, t, use_reentrant=False)
+        if num_items_in_batch is None:
+            return total / targets.numel()  # cross_entropy's "mean" over the non-ignored targets
+        if torch.is_tensor(num_items_in_batch):
+            num_items_in_batch = num_items_in_batch.to(total.device)
+        return total / num_items_in_batch
+
+    def run(self, model: nn.Module, unwrapped: nn.Module, inputs: dict[str, Any], trainer_custom_loss: bool,
+            call: Callable[[], Any]) -> Any:
+        """``call()`` (Trainer's compute_loss) through the sparse path where it applies, else as is."""
+        base = _base_model(unwrapped)
+        if not model.training or not self.applies(base, inputs, trainer_custom_loss):
+            return call()
+        try:
+            with self.patched(base, inputs["labels"]):
+                return call()
+        except SparseLossMismatch as err:
+            self.refuse(base, str(err))
+            return call()
