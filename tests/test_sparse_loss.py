@@ -203,3 +203,40 @@ def test_gradient_accumulation_through_trainer(tmp_path, packed):
     assert max(float((weights[0][k] - start[k]).abs().max()) for k in start) > 1e-3  # training moved weights
     for k in weights[0]:
         assert torch.allclose(weights[0][k], weights[1][k], atol=TOL, rtol=TOL), k
+
+
+def test_cli_auto_equals_off(tmp_path, monkeypatch):
+    """`strata train` with the default --sparse_lm_head auto takes the sparse path and ends with the weights of
+    --sparse_lm_head off (two micro-batches per step, so Trainer's num_items_in_batch matters)."""
+    from helpers import FAST, final_weights, max_weight_diff, only_run, run_strata
+
+    import strata.training.sparse_loss as sparse_loss
+
+    patched_calls = []
+    original = sparse_loss.LossPositionsOnly.patched
+
+    def spy(self, base, batch_labels):
+        patched_calls.append(tuple(batch_labels.shape))
+        return original(self, base, batch_labels)
+
+    monkeypatch.setattr(sparse_loss.LossPositionsOnly, "patched", spy)
+    finals = {}
+    for setting in ("auto", "off"):
+        runs = tmp_path / setting
+        assert run_strata("train", *FAST, "--max_steps", "3", "--gradient_accumulation_steps", "2",
+                          "--sparse_lm_head", setting, "--runs_dir", runs) == 0
+        finals[setting] = final_weights(only_run(runs))
+        if setting == "auto":
+            assert len(patched_calls) == 3 * 2, patched_calls  # every training micro-batch, no eval batch
+    assert len(patched_calls) == 6  # --sparse_lm_head off never patches
+    assert max_weight_diff(finals["auto"], finals["off"]) <= 1e-6  # measured 1.2e-7 (Adam, 3 steps)
+
+
+def test_bad_value_is_refused(tmp_path, capsys):
+    from helpers import FAST, run_strata
+
+    runs = tmp_path / "runs"
+    assert run_strata("train", *FAST, "--sparse_lm_head", "maybe", "--runs_dir", runs) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--sparse_lm_head 'maybe' is not one of auto, off" in err[0]
+    assert not runs.exists()
