@@ -29,11 +29,11 @@ VOCAB = 97
 TOL = 1e-6
 
 
-def llama(seed: int = 0, vocab: int = VOCAB) -> torch.nn.Module:
+def llama(seed: int = 0, vocab: int = VOCAB, tied: bool = False) -> torch.nn.Module:
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                      pad_token_id=0, tie_word_embeddings=False)
+                      pad_token_id=0, tie_word_embeddings=tied)
     return AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa")
 
 
@@ -109,13 +109,21 @@ def test_packed_batch():
     assert_same(llama(), batch, torch.tensor(11))
 
 
-def test_chunked_cross_entropy_every_position():
-    """Pretraining-style labels (every real token): chunked head + CE, recomputed in backward, same loss/grads."""
+@pytest.mark.parametrize("head", ["linear", "tied", "lora"])
+def test_chunked_cross_entropy_every_position(head):
+    """Pretraining-style labels (every real token), chunks of 8: a plain Linear head (own or tied to the
+    embeddings) takes the fused chunked CE, a LoRA-adapted head the per-chunk checkpointed one; same loss/grads."""
+    from peft import LoraConfig, get_peft_model
+
     batch = PaddingCollator(pad_token_id=0)([{"input_ids": f["input_ids"]} for f in sft_features()])
     n = int(loss_positions(batch["labels"])[1].numel())
     assert n > 3 * 8
-    assert_same(llama(), batch, None, chunk_tokens=8)
-    assert_same(llama(), batch, torch.tensor(n + 5), chunk_tokens=8)
+    model = llama(tied=head == "tied")
+    if head == "lora":
+        model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "lm_head"], init_lora_weights=False))
+    assert (model.get_output_embeddings().weight is model.get_input_embeddings().weight) == (head == "tied")
+    assert_same(model, batch, None, chunk_tokens=8)
+    assert_same(model, batch, torch.tensor(n + 5), chunk_tokens=8)
 
 
 def test_mixtral_aux_loss_included():

@@ -160,7 +160,10 @@ class LossPositionsOnly:
                 return _CAUSAL_LM_LOSS(logits, labels, vocab_size, num_items_in_batch=num_items_in_batch,
                                        ignore_index=ignore_index, shift_labels=targets[None].to(logits.device),
                                        **kwargs)
-            return self._chunked_cross_entropy(head_forward, state["hidden"], targets, num_items_in_batch)
+            plain = type(head) is nn.Linear and not had_instance_forward and not (
+                head._forward_hooks or head._forward_pre_hooks)
+            return self._chunked_cross_entropy(head if plain else head_forward, state["hidden"], targets,
+                                               num_items_in_batch)
 
         had_loss_function = "_loss_function" in base.__dict__
         previous_loss_function = base.__dict__.get("_loss_function")
@@ -179,23 +182,31 @@ class LossPositionsOnly:
                 del base._loss_function
             state.clear()
 
-    def _chunked_cross_entropy(self, head_forward: Callable[[torch.Tensor], torch.Tensor], hidden: torch.Tensor,
+    def _chunked_cross_entropy(self, head: nn.Linear | Callable[[torch.Tensor], torch.Tensor], hidden: torch.Tensor,
                                targets: torch.Tensor, num_items_in_batch: torch.Tensor | int | None) -> torch.Tensor:
-        """Sum of per-chunk CE (head recomputed in backward), reduced like transformers' fixed_cross_entropy."""
+        """CE summed over chunks of loss positions, reduced like transformers' fixed_cross_entropy.
+
+        A plain ``nn.Linear`` head uses :class:`_LinearCrossEntropy` (gradients made chunk by chunk in the
+        forward: no recomputation); any other head (LoRA on the head, hooks) is recomputed per chunk in backward.
+        """
         targets = targets.to(hidden.device)
+        if num_items_in_batch is None:
+            denominator: torch.Tensor | int = targets.numel()  # cross_entropy's "mean" over non-ignored targets
+        elif torch.is_tensor(num_items_in_batch):
+            denominator = num_items_in_batch.to(hidden.device)
+        else:
+            denominator = num_items_in_batch
+        if isinstance(head, nn.Linear):
+            return _LinearCrossEntropy.apply(hidden, head.weight, head.bias, targets, self.chunk_tokens, denominator)
 
         def chunk_loss(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            return nn.functional.cross_entropy(head_forward(h).float(), t, reduction="sum")
+            return nn.functional.cross_entropy(head(h).float(), t, reduction="sum")
 
         total = hidden.new_zeros((), dtype=torch.float32)
         for start in range(0, hidden.shape[0], self.chunk_tokens):
             h, t = hidden[start:start + self.chunk_tokens], targets[start:start + self.chunk_tokens]
             total = total + checkpoint(chunk_loss, h, t, use_reentrant=False)
-        if num_items_in_batch is None:
-            return total / targets.numel()  # cross_entropy's "mean" over the non-ignored targets
-        if torch.is_tensor(num_items_in_batch):
-            num_items_in_batch = num_items_in_batch.to(total.device)
-        return total / num_items_in_batch
+        return total / denominator
 
     def run(self, model: nn.Module, unwrapped: nn.Module, inputs: dict[str, Any], trainer_custom_loss: bool,
             call: Callable[[], Any]) -> Any:
@@ -209,3 +220,46 @@ class LossPositionsOnly:
         except SparseLossMismatch as err:
             self.refuse(base, str(err))
             return call()
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """sum_i CE(h_i W^T + b, t_i) / denominator, [chunk x vocab] logits at a time.
+
+    The gradient of a summed CE w.r.t. the logits is softmax - onehot, known in the forward; so each chunk's
+    logits are turned into its share of dL/dh, dL/dW, dL/db at once and dropped. Backward only scales them.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, chunk, denominator):  # noqa: D102 - see the class docstring
+        need = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2])
+        grad_h = torch.zeros_like(hidden, dtype=torch.float32) if need[0] else None
+        grad_w = torch.zeros_like(weight, dtype=torch.float32) if need[1] else None
+        grad_b = torch.zeros_like(bias, dtype=torch.float32) if need[2] else None
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        for start in range(0, hidden.shape[0], chunk):
+            h, t = hidden[start:start + chunk], targets[start:start + chunk]
+            logits = nn.functional.linear(h, weight, bias).float()
+            lse = torch.logsumexp(logits, dim=-1)
+            total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
+            if any(need):
+                d_logits = torch.exp(logits.sub_(lse[:, None]))  # softmax, in place of the logits
+                d_logits[torch.arange(t.numel(), device=t.device), t] -= 1.0
+                if need[0]:
+                    grad_h[start:start + chunk] = d_logits.to(weight.dtype) @ weight
+                if need[1]:
+                    grad_w.addmm_(d_logits.t(), h.float())
+                if need[2]:
+                    grad_b += d_logits.sum(0)
+            del logits
+        ctx.save_for_backward(*(g for g in (grad_h, grad_w, grad_b) if g is not None))
+        ctx.need = need
+        ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
+        ctx.denominator = denominator
+        return total / denominator
+
+    @staticmethod
+    def backward(ctx, grad_output):  # noqa: D102
+        scale = grad_output.float() / ctx.denominator
+        saved = iter(ctx.saved_tensors)
+        grads = [(next(saved) * scale).to(dtype) if need else None for need, dtype in zip(ctx.need, ctx.dtypes)]
+        return grads[0], grads[1], grads[2], None, None, None
