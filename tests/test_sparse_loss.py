@@ -248,3 +248,27 @@ def test_bad_value_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--sparse_lm_head 'maybe' is not one of auto, off" in err[0]
     assert not runs.exists()
+
+
+def test_a_model_that_breaks_the_layout_falls_back_to_the_full_path(caplog):
+    """A head called twice in one forward: the sparse path notices, the same batch is rerun in full (same
+    loss as the model's own), and the model is not patched again."""
+    from transformers import LlamaForCausalLM
+
+    class ExtraHeadCall(LlamaForCausalLM):
+        def forward(self, *args, **kwargs):
+            self.lm_head(torch.zeros(1, 1, self.config.hidden_size))
+            return super().forward(*args, **kwargs)
+
+    torch.manual_seed(0)
+    model = ExtraHeadCall(llama().config).train()
+    batch = padded_batch()
+    reference = float(model(**batch).loss.detach())
+    sparse = LossPositionsOnly()
+    with caplog.at_level("WARNING", logger="strata.training.sparse_loss"):
+        loss = sparse.run(model, model, batch, False, lambda: model(**batch).loss.detach())
+    assert float(loss) == reference
+    assert "full LM head for ExtraHeadCall from now on" in caplog.text
+    assert not sparse.applies(model, batch, False)
+    assert "lm_head" in dict(model.named_modules()) and "forward" not in model.lm_head.__dict__  # restored
+    assert "_loss_function" not in model.__dict__

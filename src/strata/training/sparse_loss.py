@@ -21,6 +21,7 @@ that post-processes its logits or labels) the normal full-logits path runs, with
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -39,6 +40,7 @@ logger = logging.getLogger(__name__)
 IGNORE_INDEX = -100
 CHUNK_TOKENS = 1024  # loss positions per head + cross-entropy chunk: [1024 x 50,257] fp32 logits = 206 MB
 _CAUSAL_LM_LOSS = LOSS_MAPPING["ForCausalLM"]
+_LOSS_FUNCTION_PROPERTY = PreTrainedModel.__dict__["loss_function"]  # settable: the loss is swapped through it
 
 
 class SparseLossMismatch(RuntimeError):
@@ -73,6 +75,8 @@ class LossPositionsOnly:
             return f"{type(base).__name__} is not a transformers PreTrainedModel"
         if getattr(base.config, "is_encoder_decoder", False):
             return "encoder-decoder models shift decoder labels themselves"
+        if inspect.getattr_static(type(base), "loss_function", None) is not _LOSS_FUNCTION_PROPERTY:
+            return "it overrides loss_function"
         if base.loss_function is not _CAUSAL_LM_LOSS:
             return f"its loss is {getattr(base.loss_function, '__name__', base.loss_function)}, not ForCausalLMLoss"
         head = base.get_output_embeddings()
@@ -154,7 +158,10 @@ class LossPositionsOnly:
             # changes the shape, or any change at all to the memory-less stand-in, does not.
             if logits is not state["logits"] and (chunked or logits.shape[:-1] != (1, n)):
                 raise SparseLossMismatch("the model changed its logits between head and loss")
-            if labels is not batch_labels or ignore_index != IGNORE_INDEX or "shift_labels" in kwargs:
+            same_labels = labels is batch_labels or (
+                isinstance(labels, torch.Tensor) and labels.shape == batch_labels.shape
+                and torch.equal(labels.to(batch_labels.device), batch_labels))  # e.g. moved by DDP
+            if not same_labels or ignore_index != IGNORE_INDEX or "shift_labels" in kwargs:
                 raise SparseLossMismatch("the model changed the labels it passes to its loss")
             if not chunked:
                 return _CAUSAL_LM_LOSS(logits, labels, vocab_size, num_items_in_batch=num_items_in_batch,
