@@ -250,9 +250,11 @@ def test_bad_value_is_refused(tmp_path, capsys):
     assert not runs.exists()
 
 
-def test_a_model_that_breaks_the_layout_falls_back_to_the_full_path(caplog):
-    """A head called twice in one forward: the sparse path notices, the same batch is rerun in full (same
-    loss as the model's own), and the model is not patched again."""
+@pytest.mark.parametrize("quirk", ["head_called_twice", "loss_computed_inline"])
+def test_a_model_that_breaks_the_layout_falls_back_to_the_full_path(caplog, quirk):
+    """A head called twice in one forward, or a loss computed from the logits without loss_function: the
+    sparse path notices (or trips), the same batch is rerun in full (the model's own loss), and the model is
+    not patched again."""
     from transformers import LlamaForCausalLM
 
     class ExtraHeadCall(LlamaForCausalLM):
@@ -260,15 +262,36 @@ def test_a_model_that_breaks_the_layout_falls_back_to_the_full_path(caplog):
             self.lm_head(torch.zeros(1, 1, self.config.hidden_size))
             return super().forward(*args, **kwargs)
 
+    class InlineLoss(LlamaForCausalLM):
+        def forward(self, labels=None, **kwargs):
+            out = super().forward(**kwargs)
+            logits = out.logits[:, :-1].reshape(-1, self.config.vocab_size)
+            out.loss = torch.nn.functional.cross_entropy(logits, labels[:, 1:].reshape(-1))
+            return out
+
     torch.manual_seed(0)
-    model = ExtraHeadCall(llama().config).train()
+    model = (ExtraHeadCall if quirk == "head_called_twice" else InlineLoss)(llama().config).train()
     batch = padded_batch()
     reference = float(model(**batch).loss.detach())
     sparse = LossPositionsOnly()
     with caplog.at_level("WARNING", logger="strata.training.sparse_loss"):
         loss = sparse.run(model, model, batch, False, lambda: model(**batch).loss.detach())
     assert float(loss) == reference
-    assert "full LM head for ExtraHeadCall from now on" in caplog.text
+    assert f"full LM head for {type(model).__name__} from now on" in caplog.text
     assert not sparse.applies(model, batch, False)
-    assert "lm_head" in dict(model.named_modules()) and "forward" not in model.lm_head.__dict__  # restored
-    assert "_loss_function" not in model.__dict__
+    assert "forward" not in model.lm_head.__dict__ and "_loss_function" not in model.__dict__  # restored
+
+
+def test_errors_after_the_sparse_path_worked_are_not_swallowed():
+    model = llama().train()
+    batch = padded_batch()
+    sparse = LossPositionsOnly()
+    sparse.run(model, model, batch, False, lambda: model(**batch).loss)  # works: the variant is known good
+
+    def failing():
+        model(**batch)
+        raise RuntimeError("out of memory")
+
+    with pytest.raises(RuntimeError, match="out of memory"):
+        sparse.run(model, model, batch, False, failing)
+    assert sparse.applies(model, batch, False)

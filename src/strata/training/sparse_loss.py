@@ -67,6 +67,7 @@ class LossPositionsOnly:
         self.enabled = enabled
         self.chunk_tokens = chunk_tokens
         self._refused: dict[int, str] = {}  # id(base model) -> why the sparse path does not apply to it
+        self._worked: set[tuple[int, bool]] = set()  # (id(base model), chunked) that ran the sparse path fine
 
     # --- validity --------------------------------------------------------------------------
     def model_reason(self, base: nn.Module) -> str | None:
@@ -130,7 +131,7 @@ class LossPositionsOnly:
         head = base.get_output_embeddings()
         head_forward = head.forward  # bound method, or an instance override (accelerate hooks)
         had_instance_forward = "forward" in head.__dict__
-        state: dict[str, Any] = {"calls": 0}
+        state: dict[str, Any] = {"calls": 0, "loss_calls": 0}
 
         def sparse_head(hidden: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
             state["calls"] += 1
@@ -152,6 +153,7 @@ class LossPositionsOnly:
         def sparse_loss(logits: torch.Tensor, labels: torch.Tensor | None = None, vocab_size: int | None = None,
                         num_items_in_batch: torch.Tensor | int | None = None, ignore_index: int = IGNORE_INDEX,
                         **kwargs: Any) -> torch.Tensor:
+            state["loss_calls"] += 1
             if state["calls"] != 1:
                 raise SparseLossMismatch(f"the head ran {state['calls']} times in one forward")
             # Elementwise post-processing (.float(), softcapping) keeps the gathered layout; anything that
@@ -177,7 +179,7 @@ class LossPositionsOnly:
         head.forward = sparse_head
         base.loss_function = sparse_loss
         try:
-            yield
+            yield state
         finally:
             if had_instance_forward:
                 head.forward = head_forward
@@ -217,17 +219,29 @@ class LossPositionsOnly:
 
     def run(self, model: nn.Module, unwrapped: nn.Module, inputs: dict[str, Any], trainer_custom_loss: bool,
             call: Callable[[], Any]) -> Any:
-        """``call()`` (Trainer's compute_loss) through the sparse path where it applies, else as is."""
+        """``call()`` (Trainer's compute_loss) through the sparse path where it applies, else as is.
+
+        Until the sparse path has once worked for a model (per plain / chunked variant), any error in it reruns
+        the batch on the full path and turns it off for that model: a model that computes its loss some other
+        way (and trips over the gathered logits) trains as before instead of crashing.
+        """
         base = _base_model(unwrapped)
         if not model.training or not self.applies(base, inputs, trainer_custom_loss):
             return call()
+        labels = inputs["labels"]
+        variant = (id(base), int((labels[..., 1:] != IGNORE_INDEX).sum()) > self.chunk_tokens)
         try:
-            with self.patched(base, inputs["labels"]):
-                return call()
-        except SparseLossMismatch as err:
-            self.refuse(base, str(err))
+            with self.patched(base, labels) as state:
+                result = call()
+                if state.get("loss_calls") != 1:
+                    raise SparseLossMismatch("the model did not compute its loss through loss_function")
+        except Exception as err:  # noqa: BLE001 - see the docstring: rerun in full, then stop trying
+            if not isinstance(err, SparseLossMismatch) and variant in self._worked:
+                raise
+            self.refuse(base, f"{type(err).__name__}: {err}")
             return call()
-
+        self._worked.add(variant)
+        return result
 
 class _LinearCrossEntropy(torch.autograd.Function):
     """sum_i CE(h_i W^T + b, t_i) / denominator, [chunk x vocab] logits at a time.
