@@ -1,4 +1,4 @@
-"""LM head and cross-entropy only at loss positions (``--loss_positions_only``).
+"""LM head and cross-entropy only at loss positions (``--sparse_lm_head auto``).
 
 In SFT only the answer tokens carry loss (~2 of ~40 per SST-2 row), yet a causal LM projects every
 position onto the whole vocabulary: most of a step is the LM head and a softmax whose result is thrown
@@ -108,18 +108,18 @@ class LossPositionsOnly:
                 self._refused[key] = ""
             else:
                 self._refused[key] = reason
-                logger.info("loss_positions_only: full LM head for %s: %s", type(base).__name__, reason)
+                logger.info("--sparse_lm_head auto: full LM head for %s: %s", type(base).__name__, reason)
         if self._refused[key]:
             return False
         reason = self.batch_reason(inputs, trainer_custom_loss)
         if reason is not None:
-            logger.debug("loss_positions_only: full LM head for this batch: %s", reason)
+            logger.debug("--sparse_lm_head auto: full LM head for this batch: %s", reason)
         return reason is None
 
     def refuse(self, base: nn.Module, reason: str) -> None:
         """Turn the sparse path off for this model (after a mismatch found mid-forward)."""
         self._refused[id(base)] = reason
-        logger.warning("loss_positions_only: full LM head for %s from now on: %s", type(base).__name__, reason)
+        logger.warning("--sparse_lm_head auto: full LM head for %s from now on: %s", type(base).__name__, reason)
 
     # --- the patched forward ---------------------------------------------------------------
     @contextmanager
