@@ -189,6 +189,12 @@ class TrainArguments:
     nan_skip_limit: int = field(
         default=3, metadata={"help": "With --nan_policy skip_step: non-finite steps in a row that end the run."}
     )
+    sparse_lm_head: str = field(
+        default="auto",
+        metadata={"help": "auto: in training, run the LM head and cross-entropy only at positions with a label "
+                  "(same loss; chunked when there are many, so [tokens x vocab] logits are never held whole), "
+                  "where that is exact for the model, else the full head | off: always the full head."},
+    )
     # Reinforcement learning (GRPO through TRL).
     reward_funcs: list[str] | None = field(
         default=None, metadata={"help": "Comma or space separated reward names (default: by task family)."}
@@ -343,6 +349,8 @@ def validate(config: RunConfig) -> None:
         raise StrataError("--load_best_model_at_end needs checkpoints: pass --save_steps (a multiple of --eval_steps)")
     if t.nan_policy not in ("stop", "skip_step"):
         raise StrataError(f"--nan_policy {t.nan_policy!r} is not one of stop, skip_step")
+    if t.sparse_lm_head not in ("auto", "off"):
+        raise StrataError(f"--sparse_lm_head {t.sparse_lm_head!r} is not one of auto, off")
     if t.nan_skip_limit < 1:
         raise StrataError(f"--nan_skip_limit {t.nan_skip_limit} must be at least 1")
     if t.early_stopping_patience is not None and not t.eval_steps:

@@ -92,6 +92,7 @@ FLAG_MODES: dict[str, tuple[frozenset[str], str]] = {
     "dataloader_num_workers": (ALL, ""),
     "nan_policy": (ALL, ""),
     "nan_skip_limit": (ALL, ""),
+    "sparse_lm_head": (TRAINER, "GRPO computes its completions' log-probs itself"),
     # --- reinforcement learning
     "reward_funcs": (RL, "rewards are for --mode rl"),
     "reward_weights": (RL, "rewards are for --mode rl"),

@@ -208,7 +208,8 @@ def interrupted_checkpoints(folder: Path) -> list[Path]:
 
 
 # Flags that say where a run lives or how it is found, not what it trains.
-NOT_TRAINING_CONFIG = frozenset({"resume_from_checkpoint", "output_dir", "runs_dir", "hub_mirror"})
+# Flags that do not change what is trained (sparse_lm_head: the same loss, computed at fewer positions).
+NOT_TRAINING_CONFIG = frozenset({"resume_from_checkpoint", "output_dir", "runs_dir", "hub_mirror", "sparse_lm_head"})
 
 
 def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:

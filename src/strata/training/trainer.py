@@ -18,6 +18,7 @@ from transformers.trainer_utils import EvalLoopOutput
 
 from strata.evaluation.task_metrics import scalar_metrics, task_metric_names
 from strata.training.guards import NonFiniteGuard
+from strata.training.sparse_loss import LossPositionsOnly
 from strata.training.throughput import (
     FlopCounter,
     ThroughputMeter,
@@ -35,8 +36,9 @@ class StrataTrainer(Trainer):
     """Trainer whose ``evaluate`` adds task metrics computed by :mod:`strata.evaluation`."""
 
     def __init__(self, *args, task_eval: list[dict[str, Any]] | None = None,
-                 nan_guard: NonFiniteGuard | None = None, **kwargs) -> None:
+                 nan_guard: NonFiniteGuard | None = None, loss_positions_only: bool = True, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        self.loss_positions = LossPositionsOnly(enabled=loss_positions_only)
         self.nan_guard = nan_guard or NonFiniteGuard()
         self.add_callback(self.nan_guard)
         # task_eval: one dict per evaluation source: name, dataset (formatted), family, label_words,
@@ -51,7 +53,14 @@ class StrataTrainer(Trainer):
 
     # --- losses -----------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        # In training, the LM head + cross-entropy run only where a label is set (same loss, see sparse_loss.py).
+        loss, outputs = self.loss_positions.run(
+            model, self.accelerator.unwrap_model(model), inputs,
+            self.label_smoother is not None or self.compute_loss_func is not None,
+            lambda: super(StrataTrainer, self).compute_loss(model, inputs, return_outputs=True,
+                                                            num_items_in_batch=num_items_in_batch))
+        if model.training:
+            self.lm_head_positions = "loss" if self.loss_positions.last_call_sparse else "all"
         aux = outputs.get("aux_loss") if isinstance(outputs, dict) else getattr(outputs, "aux_loss", None)
         if aux is not None and model.training:
             self._aux_losses.append(float(aux.detach().float().mean()))
