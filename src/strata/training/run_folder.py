@@ -207,8 +207,8 @@ def interrupted_checkpoints(folder: Path) -> list[Path]:
     return [p for p in _checkpoints(folder) if checkpoint_step(p) > newest_good and not checkpoint_is_complete(p)]
 
 
-# Flags that say where a run lives or how it is found, not what it trains.
-# Flags that do not change what is trained (sparse_lm_head: the same loss, computed at fewer positions).
+# Flags that say where a run lives or how it is found, not what it trains (sparse_lm_head: the same loss,
+# computed at fewer positions).
 NOT_TRAINING_CONFIG = frozenset({"resume_from_checkpoint", "output_dir", "runs_dir", "hub_mirror", "sparse_lm_head"})
 
 
