@@ -204,12 +204,17 @@ def score_choices(
     choices: Sequence[str] | Sequence[Sequence[str]],
     batch_size: int = 8,
     max_length: int | None = None,
+    *,
+    reuse_context: bool = True,
 ) -> ChoiceScores:
     """Score every choice continuation of every prompt; see :func:`label_loglikelihoods`.
 
     ``choices`` is either one list shared by all prompts (label continuations such as
     ``[" negative", " positive"]``, used verbatim) or one list per prompt. ``batch_size`` counts
-    examples: each forward holds ``batch_size * C`` rows, all choices of an example together.
+    examples: a forward holds at most ``batch_size * C`` rows.
+    ``reuse_context`` (default) runs each distinct context once for all its choices
+    (:mod:`strata.evaluation.shared_context`); ``False`` is the reference path, one
+    ``context + choice`` row per (example, choice), kept to test the fast one against.
     """
     prompts = [str(p) for p in prompts]
     if not prompts:
@@ -244,8 +249,15 @@ def score_choices(
     device = model_device(model)
 
     with eval_context(model):
-        for start in range(0, n, batch_size):
-            examples = range(start, min(n, start + batch_size))
+        todo = list(range(n))  # examples the reference path scores
+        if reuse_context:
+            fast = _score_shared(model, specials, prompt_ids, per_example, choice_tok, max_length, pad, side,
+                                 batch_size)
+            if fast is not None:
+                (loglik, num_tokens, greedy), leftover = fast
+                todo = sorted({i for i, _ in leftover})
+        for start in range(0, len(todo), batch_size):
+            examples = todo[start : start + batch_size]
             conts = [choice_tok[ch] for i in examples for ch in per_example[i]]
             ctxs = [prompt_ids[i] for i in examples for _ in range(c)]
             if enc_dec:
@@ -256,11 +268,34 @@ def score_choices(
                 sums, counts, all_greedy = _score_decoder_only(
                     model, specials, ctxs, conts, max_length, pad, side, device
                 )
-            rows = len(examples)
-            loglik[start : start + rows] = sums.view(rows, c)
-            num_tokens[start : start + rows] = counts.view(rows, c)
-            greedy[start : start + rows] = all_greedy.view(rows, c)
+            rows = torch.tensor(examples)
+            loglik[rows] = sums.view(len(examples), c)
+            num_tokens[rows] = counts.view(len(examples), c)
+            greedy[rows] = all_greedy.view(len(examples), c)
     return ChoiceScores(loglik.float(), num_tokens, num_chars, greedy)
+
+
+def _score_shared(
+    model: Any,
+    specials: SpecialTokens,
+    prompt_ids: list[list[int]],
+    per_example: list[list[str]],
+    choice_tok: dict[str, list[int]],
+    max_length: int | None,
+    pad: int,
+    side: str,
+    batch_size: int,
+) -> tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], list[tuple[int, int]]] | None:
+    """The context-once path: scores plus the (example, choice) pairs it left to the reference path;
+    ``None`` when it does not apply to this model."""
+    from strata.evaluation.shared_context import score_decoder_only_shared, score_encoder_decoder_shared
+
+    conts = [[choice_tok[ch] for ch in row] for row in per_example]
+    if is_encoder_decoder(model):
+        scores = score_encoder_decoder_shared(model, specials, prompt_ids, conts, max_length, pad,
+                                              decoder_start_id(model), batch_size)
+        return None if scores is None else (scores, [])
+    return score_decoder_only_shared(model, specials, prompt_ids, conts, max_length, pad, side, batch_size)
 
 
 def _gather_scores(
