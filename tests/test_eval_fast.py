@@ -127,3 +127,42 @@ def test_ttt_and_stratified_models_match_reference():
             tok.padding_side = side
             _assert_same(model, tok, MORE_PROMPTS, MULTI, batch_size=2)
             _assert_same(model, tok, MORE_PROMPTS, MULTI, batch_size=2, max_length=6)
+
+
+@pytest.mark.parametrize("asked", [{}, {"eval_loss": True}, {"metric_for_best_model": "eval_loss"}])
+def test_token_loss_pass_runs_only_when_asked(asked, tmp_path):
+    """With task metrics, evaluate() skips Trainer's loss loop unless --eval_loss or a loss metric asks."""
+    import datasets
+    from transformers import TrainingArguments
+
+    from strata.evaluation import evaluate_dataset
+    from strata.training.trainer import StrataTrainer
+
+    tok = bos_tokenizer()
+    model = tiny_llama(len(tok))
+    rows = datasets.Dataset.from_dict({"prompt": PROMPTS, "completion": [" positive", " negative", " neutral"],
+                                       "label": [1, 0, 1]})
+    ids = [tok("the movie was great sentiment : positive")["input_ids"]] * 2
+    token_rows = datasets.Dataset.from_dict({"input_ids": ids, "labels": ids})
+    spec = {"name": "toy", "dataset": rows, "family": "classification", "label_words": ["negative", "positive"],
+            "method": "loglik", "batch_size": 2, "max_length": 32, "max_examples": None}
+    metric = asked.get("metric_for_best_model")
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], metric_for_best_model=metric,
+                             per_device_eval_batch_size=2)
+    trainer = StrataTrainer(model=model, args=args, processing_class=tok, eval_dataset=token_rows,
+                            task_eval=[spec], eval_loss=asked.get("eval_loss", False))
+    loops: list[str] = []
+    original = trainer.evaluation_loop
+    trainer.evaluation_loop = lambda *a, **k: loops.append("loop") or original(*a, **k)
+    got = trainer.evaluate()
+    reference = evaluate_dataset(model.eval(), tok, rows, "classification", ["negative", "positive"],
+                                 batch_size=2, max_length=32)
+    assert got["eval_accuracy"] == reference["accuracy"]
+    if asked:
+        assert loops == ["loop"] and "eval_loss" in got and "eval_perplexity" in got
+        with torch.no_grad():  # the model's own loss on the one (repeated) row
+            expected = float(model(input_ids=torch.tensor(ids[:1]), labels=torch.tensor(ids[:1])).loss)
+        assert got["eval_loss"] == pytest.approx(expected, abs=1e-5)
+    else:
+        assert loops == [] and "eval_loss" not in got
+    assert [e for e in trainer.state.log_history if "eval_accuracy" in e] == [{**got, "step": 0}]

@@ -280,6 +280,7 @@ def build_trainer(config: RunConfig, examples: Examples, loaded: LoadedModel, to
         callbacks=callbacks,
         task_eval=task_eval,
         nan_guard=NonFiniteGuard(policy=t.nan_policy, skip_limit=t.nan_skip_limit),
+        eval_loss=t.eval_loss,
     )
 
 
