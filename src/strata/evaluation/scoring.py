@@ -3,8 +3,8 @@
 Each choice is scored as the summed log-probability of its tokens given the prompt. The context of
 a choice is built by :mod:`strata.data.encoding`, the contract training rows are built with: the
 score of the gold label is minus the summed loss of those tokens in the very training row (tested
-per tokenizer family). Scoring never generates: it is one teacher-forced forward for all choices
-of a group of examples.
+per tokenizer family). Scoring never generates: each distinct context is run once for all its
+choices (:mod:`strata.evaluation.shared_context`); the one-row-per-choice path stays as the reference.
 
 The small helpers at the top (eval mode, device, padding, truncation) are shared by the other
 evaluation modules.
@@ -32,6 +32,7 @@ from strata.data.encoding import (
     special_tokens,
 )
 from strata.errors import StrataError
+from strata.evaluation.shared_context import score_shared
 
 __all__ = ["ChoiceScores", "label_loglikelihoods", "score_choices"]
 
@@ -251,8 +252,8 @@ def score_choices(
     with eval_context(model):
         todo = list(range(n))  # examples the reference path scores
         if reuse_context:
-            fast = _score_shared(model, specials, prompt_ids, per_example, choice_tok, max_length, pad, side,
-                                 batch_size)
+            fast = score_shared(model, specials, prompt_ids, [[choice_tok[ch] for ch in row] for row in per_example],
+                                max_length, pad, side, batch_size)
             if fast is not None:
                 (loglik, num_tokens, greedy), leftover = fast
                 todo = sorted({i for i, _ in leftover})
@@ -273,29 +274,6 @@ def score_choices(
             num_tokens[rows] = counts.view(len(examples), c)
             greedy[rows] = all_greedy.view(len(examples), c)
     return ChoiceScores(loglik.float(), num_tokens, num_chars, greedy)
-
-
-def _score_shared(
-    model: Any,
-    specials: SpecialTokens,
-    prompt_ids: list[list[int]],
-    per_example: list[list[str]],
-    choice_tok: dict[str, list[int]],
-    max_length: int | None,
-    pad: int,
-    side: str,
-    batch_size: int,
-) -> tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], list[tuple[int, int]]] | None:
-    """The context-once path: scores plus the (example, choice) pairs it left to the reference path;
-    ``None`` when it does not apply to this model."""
-    from strata.evaluation.shared_context import score_decoder_only_shared, score_encoder_decoder_shared
-
-    conts = [[choice_tok[ch] for ch in row] for row in per_example]
-    if is_encoder_decoder(model):
-        scores = score_encoder_decoder_shared(model, specials, prompt_ids, conts, max_length, pad,
-                                              decoder_start_id(model), batch_size)
-        return None if scores is None else (scores, [])
-    return score_decoder_only_shared(model, specials, prompt_ids, conts, max_length, pad, side, batch_size)
 
 
 def _gather_scores(

@@ -65,6 +65,27 @@ class _Accumulator:
         return self.loglik.view(shape), self.count.view(shape), (self.misses == 0).view(shape)
 
 
+def score_shared(
+    model: Any,
+    specials: SpecialTokens,
+    prompt_ids: Sequence[Sequence[int]],
+    conts: list[list[list[int]]],
+    max_length: int | None,
+    pad: int,
+    side: str,
+    batch_size: int,
+) -> tuple[Scores, list[tuple[int, int]]] | None:
+    """Scores plus the (example, choice) pairs left to the reference path; ``None`` when this path does
+    not apply to the model (then the reference path scores everything)."""
+    from strata.evaluation.scoring import decoder_start_id, is_encoder_decoder
+
+    if is_encoder_decoder(model):
+        scores = score_encoder_decoder_shared(model, specials, prompt_ids, conts, max_length, pad,
+                                              decoder_start_id(model), batch_size)
+        return None if scores is None else (scores, [])
+    return score_decoder_only_shared(model, specials, prompt_ids, conts, max_length, pad, side, batch_size)
+
+
 def _batches(order: list[int], size: int) -> list[list[int]]:
     return [order[s : s + size] for s in range(0, len(order), size)]
 
