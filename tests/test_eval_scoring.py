@@ -240,9 +240,14 @@ def test_only_scored_positions_get_logits(gpt2, gpt2_tok):
     original_side = gpt2_tok.padding_side
     try:
         gpt2_tok.padding_side = "left"
+        score_choices(gpt2, gpt2_tok, PROMPTS, CHOICES, batch_size=3, reuse_context=False)  # the reference path
+        reference, _ = list(seen), seen.clear()
         label_loglikelihoods(gpt2, gpt2_tok, PROMPTS, CHOICES, batch_size=3)
     finally:
         handle.remove()
         gpt2_tok.padding_side = original_side
     longest_choice = max(len(gpt2_tok(c, add_special_tokens=False)["input_ids"]) for c in CHOICES)
-    assert [shape[:2] for shape in seen] == [(9, longest_choice)]
+    assert [shape[:2] for shape in reference] == [(9, longest_choice)]
+    # Context once: its last position for every choice's first token, then the one 2-token choice's
+    # second token per example, continued from the context's cache.
+    assert [shape[:2] for shape in seen] == [(3, 1), (3, longest_choice - 1)]

@@ -28,10 +28,11 @@ def test_early_stopping_on_eval_accuracy(tmp_path):
 
     runs = tmp_path / "runs"
     # Learning rate 0: every evaluation scores the same accuracy, so patience 1 stops after the 2nd one
-    # (step 4). Without eval_accuracy in on_evaluate's metrics the run goes on to step 12.
+    # (step 4). Without eval_accuracy in on_evaluate's metrics the run goes on to step 12. --eval_loss asks
+    # for the token-loss pass too (by default task metrics replace it).
     assert run_strata("train", *FAST, "--max_steps", "12", "--eval_steps", "2", "--save_steps", "2",
                       "--metric_for_best_model", "eval_accuracy", "--early_stopping_patience", "1",
-                      "--learning_rate", "0", "--max_eval_examples", "8", "--runs_dir", runs) == 0
+                      "--learning_rate", "0", "--max_eval_examples", "8", "--eval_loss", "--runs_dir", runs) == 0
     run = only_run(runs)
     state = _last_state(run)
     assert state["global_step"] == 4, state["global_step"]
@@ -59,8 +60,7 @@ def test_load_best_model_at_end_restores_the_most_accurate_checkpoint(tmp_path):
     state = _last_state(run)
     evals = _eval_entries(state, "eval_accuracy")
     assert [e["step"] for e in evals] == [2, 4, 6, 8, 10]
-    assert all("eval_loss" in e for e in evals)  # one entry per evaluation, loss and accuracy together
-    assert len(_eval_entries(state, "eval_loss")) == len(evals)
+    assert not _eval_entries(state, "eval_loss")  # task metrics, not asked for the loss: no token-loss pass
     # Independently of Trainer's bookkeeping: the first evaluation with the highest logged accuracy.
     best = max(evals, key=lambda e: e["eval_accuracy"])
     assert Path(state["best_model_checkpoint"]).name == f"checkpoint-{best['step']}"
@@ -84,9 +84,9 @@ def test_mixture_source_metric_drives_early_stopping(tmp_path, hub_mirror):
     assert state["global_step"] == 4, state["global_step"]
     evals = _eval_entries(state, metric)
     assert [e["step"] for e in evals] == [2, 4]
-    for entry in evals:  # per-source names and their unweighted mean, in the same entry as the loss
+    for entry in evals:  # per-source names and their unweighted mean; no token-loss pass unless asked
         per_source = [entry["eval_glue-sst2/accuracy"], entry["eval_rotten-tomatoes-sentiment/accuracy"]]
-        assert entry["eval_accuracy"] == sum(per_source) / 2 and "eval_loss" in entry
+        assert entry["eval_accuracy"] == sum(per_source) / 2 and "eval_loss" not in entry
 
 
 def test_evaluate_without_a_token_level_eval_set_still_reaches_callbacks(tmp_path):

@@ -170,6 +170,11 @@ class TrainArguments:
                   "generates, 0 means no evaluation)."},
     )
     eval_method: str = field(default="loglik", metadata={"help": "loglik (label likelihood) | generate."})
+    eval_loss: bool = field(
+        default=False,
+        metadata={"help": "Also run the token-loss pass (eval_loss, eval_perplexity) when evaluating with task metrics; "
+                  "on by itself for a loss --metric_for_best_model."},
+    )
     save_steps: int = field(default=0, metadata={"help": "Checkpoint every N steps (0: no checkpoints)."})
     save_total_limit: int | None = field(default=2, metadata={"help": "Keep at most N checkpoints."})
     resume_from_checkpoint: str | None = field(

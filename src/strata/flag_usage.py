@@ -83,6 +83,7 @@ FLAG_MODES: dict[str, tuple[frozenset[str], str]] = {
     "logging_steps": (ALL, ""),
     "eval_steps": (ALL, ""),
     "eval_method": (SFT, "pretraining is evaluated by perplexity, RL by its rewards"),
+    "eval_loss": (SFT, "pretraining always reports eval_loss; RL is evaluated by its rewards"),
     "save_steps": (ALL, ""),
     "save_total_limit": (ALL, ""),
     "resume_from_checkpoint": (ALL, ""),

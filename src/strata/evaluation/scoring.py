@@ -3,8 +3,8 @@
 Each choice is scored as the summed log-probability of its tokens given the prompt. The context of
 a choice is built by :mod:`strata.data.encoding`, the contract training rows are built with: the
 score of the gold label is minus the summed loss of those tokens in the very training row (tested
-per tokenizer family). Scoring never generates: it is one teacher-forced forward for all choices
-of a group of examples.
+per tokenizer family). Scoring never generates: each distinct context is run once for all its
+choices (:mod:`strata.evaluation.shared_context`); the one-row-per-choice path stays as the reference.
 
 The small helpers at the top (eval mode, device, padding, truncation) are shared by the other
 evaluation modules.
@@ -32,6 +32,7 @@ from strata.data.encoding import (
     special_tokens,
 )
 from strata.errors import StrataError
+from strata.evaluation.shared_context import score_shared
 
 __all__ = ["ChoiceScores", "label_loglikelihoods", "score_choices"]
 
@@ -204,12 +205,17 @@ def score_choices(
     choices: Sequence[str] | Sequence[Sequence[str]],
     batch_size: int = 8,
     max_length: int | None = None,
+    *,
+    reuse_context: bool = True,
 ) -> ChoiceScores:
     """Score every choice continuation of every prompt; see :func:`label_loglikelihoods`.
 
     ``choices`` is either one list shared by all prompts (label continuations such as
     ``[" negative", " positive"]``, used verbatim) or one list per prompt. ``batch_size`` counts
-    examples: each forward holds ``batch_size * C`` rows, all choices of an example together.
+    examples: a forward holds at most ``batch_size * C`` rows.
+    ``reuse_context`` (default) runs each distinct context once for all its choices
+    (:mod:`strata.evaluation.shared_context`); ``False`` is the reference path, one
+    ``context + choice`` row per (example, choice), kept to test the fast one against.
     """
     prompts = [str(p) for p in prompts]
     if not prompts:
@@ -244,8 +250,15 @@ def score_choices(
     device = model_device(model)
 
     with eval_context(model):
-        for start in range(0, n, batch_size):
-            examples = range(start, min(n, start + batch_size))
+        todo = list(range(n))  # examples the reference path scores
+        if reuse_context:
+            fast = score_shared(model, specials, prompt_ids, [[choice_tok[ch] for ch in row] for row in per_example],
+                                max_length, pad, side, batch_size)
+            if fast is not None:
+                (loglik, num_tokens, greedy), leftover = fast
+                todo = sorted({i for i, _ in leftover})
+        for start in range(0, len(todo), batch_size):
+            examples = todo[start : start + batch_size]
             conts = [choice_tok[ch] for i in examples for ch in per_example[i]]
             ctxs = [prompt_ids[i] for i in examples for _ in range(c)]
             if enc_dec:
@@ -256,10 +269,10 @@ def score_choices(
                 sums, counts, all_greedy = _score_decoder_only(
                     model, specials, ctxs, conts, max_length, pad, side, device
                 )
-            rows = len(examples)
-            loglik[start : start + rows] = sums.view(rows, c)
-            num_tokens[start : start + rows] = counts.view(rows, c)
-            greedy[start : start + rows] = all_greedy.view(rows, c)
+            rows = torch.tensor(examples)
+            loglik[rows] = sums.view(len(examples), c)
+            num_tokens[rows] = counts.view(len(examples), c)
+            greedy[rows] = all_greedy.view(len(examples), c)
     return ChoiceScores(loglik.float(), num_tokens, num_chars, greedy)
 
 

@@ -282,6 +282,7 @@ def build_trainer(config: RunConfig, examples: Examples, loaded: LoadedModel, to
         task_eval=task_eval,
         nan_guard=NonFiniteGuard(policy=t.nan_policy, skip_limit=t.nan_skip_limit),
         loss_positions_only=t.sparse_lm_head == "auto",
+        eval_loss=t.eval_loss,
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from typing import Any
 
 import torch
@@ -36,7 +37,8 @@ class StrataTrainer(Trainer):
     """Trainer whose ``evaluate`` adds task metrics computed by :mod:`strata.evaluation`."""
 
     def __init__(self, *args, task_eval: list[dict[str, Any]] | None = None,
-                 nan_guard: NonFiniteGuard | None = None, loss_positions_only: bool = True, **kwargs) -> None:
+                 nan_guard: NonFiniteGuard | None = None, loss_positions_only: bool = True,
+                 eval_loss: bool = False, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.loss_positions = LossPositionsOnly(enabled=loss_positions_only)
         self.nan_guard = nan_guard or NonFiniteGuard()
@@ -44,6 +46,7 @@ class StrataTrainer(Trainer):
         # task_eval: one dict per evaluation source: name, dataset (formatted), family, label_words,
         # method, batch_size, max_length, max_examples.
         self.task_eval = task_eval or []
+        self.eval_loss = eval_loss  # the token-loss pass even when task metrics exist (see loss_pass_wanted)
         self.last_task_metrics: dict[str, dict[str, Any]] = {}
         self._task_prefix: str | None = None  # set while evaluate() runs: evaluation_loop adds task metrics
         self._aux_losses: list[float] = []
@@ -122,11 +125,13 @@ class StrataTrainer(Trainer):
     # `self.log` of an evaluation, the `on_evaluate` callbacks (EarlyStoppingCallback) and
     # `_determine_best_metric` (load_best_model_at_end) all see `eval_accuracy` and its kin.
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
-        if self.eval_dataset is None and eval_dataset is None:
+        if (self.eval_dataset is None and eval_dataset is None) or not self.loss_pass_wanted():
             if not self.task_eval:
                 return {}
-            # No token-level eval set: do what Trainer.evaluate does after its loop, with task metrics only.
+            # No token-loss pass: do what Trainer.evaluate does after its loop, with task metrics only.
+            started = time.perf_counter()
             metrics = self.task_metrics(metric_key_prefix)
+            metrics[f"{metric_key_prefix}_runtime"] = round(time.perf_counter() - started, 4)
             self.log(metrics)
             self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
             return metrics
@@ -135,6 +140,17 @@ class StrataTrainer(Trainer):
             return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
         finally:
             self._task_prefix = None
+
+    def loss_pass_wanted(self) -> bool:
+        """Whether evaluate() runs Trainer's token-loss loop over the eval set (``eval_loss``).
+
+        With task metrics it repeats the forwards scoring already did (about 30% of an evaluation), so
+        only when asked: ``--eval_loss``, or a loss-based ``--metric_for_best_model`` (also Trainer's
+        ``loss`` default under ``--load_best_model_at_end``). Without task metrics it is the evaluation.
+        """
+        metric = self.args.metric_for_best_model or ""
+        metric = metric[len("eval_"):] if metric.startswith("eval_") else metric
+        return not self.task_eval or self.eval_loss or metric in ("loss", "perplexity")
 
     def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
                         metric_key_prefix: str = "eval") -> EvalLoopOutput:
