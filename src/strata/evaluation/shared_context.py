@@ -137,6 +137,7 @@ def score_decoder_only_shared(
             kwargs["position_ids"] = position_ids_from_mask(mask).to(device)
         if forward_accepts(model, "use_cache"):
             kwargs["use_cache"] = with_cache
+        kwargs.update(no_router_logits(model))
         last = [off + len(contexts[k]) - 1 for k, off in zip(batch, offsets)]
         first = min(last)
         if first > 0 and keep_ok:
@@ -166,6 +167,13 @@ def score_decoder_only_shared(
     return acc.result(), leftover
 
 
+def no_router_logits(model: Any) -> dict[str, bool]:
+    """``output_router_logits=False`` for models that take it (scores need no router aux loss)."""
+    from strata.evaluation.scoring import forward_accepts
+
+    return {"output_router_logits": False} if forward_accepts(model, "output_router_logits", strict=True) else {}
+
+
 def _continue_from_cache(model: Any, cache: Any, ctx_mask: torch.Tensor, cont_rows: list[int],
                          cont_pairs: list[tuple[int, int]], conts: list[list[list[int]]], pad: int,
                          device: torch.device, acc: _Accumulator) -> None:
@@ -178,8 +186,10 @@ def _continue_from_cache(model: Any, cache: Any, ctx_mask: torch.Tensor, cont_ro
     rows_t = torch.tensor(cont_rows)
     full_mask = torch.cat([ctx_mask[rows_t], mask], dim=1)
     positions = ctx_mask[rows_t].sum(-1, keepdim=True) + torch.arange(ids.shape[1])[None, :]
+    # MoE models with output_router_logits on would compute their aux loss over the mask of context + new
+    # tokens against router logits of the new tokens only: scoring needs no aux loss, so ask for none.
     logits = model(input_ids=ids.to(device), attention_mask=full_mask.to(device),
-                   position_ids=positions.to(device), cache=cache, use_cache=True).logits
+                   position_ids=positions.to(device), cache=cache, use_cache=True, **no_router_logits(model)).logits
     rows, pos, targets, pairs = [], [], [], []
     for r, (i, j) in enumerate(cont_pairs):
         for t, token in enumerate(conts[i][j][1:]):
