@@ -39,6 +39,18 @@ REPO = Path(__file__).resolve().parents[1]
 MIRROR = REPO.parents[0] / "shared" / "hub"
 
 
+def machine_record() -> dict:
+    """Machine, versions and date, as every results file carries (shared with bench_sft.py)."""
+    import sys as _sys
+    from datetime import datetime, timezone
+
+    _sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_sft import cpu_facts, versions
+
+    return {"machine": cpu_facts(), "versions": versions(),
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -97,6 +109,7 @@ def main() -> None:
         "accuracy_after": results["after"]["metrics"]["eval_accuracy"],
         "eval_loss_before": results["before"]["metrics"].get("eval_loss"),
         "identical_task_metrics": same,
+        **machine_record(),
     }
     print(json.dumps(summary, indent=1))
     if args.out:
