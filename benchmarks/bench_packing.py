@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import statistics
 import sys
@@ -28,22 +27,13 @@ from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 from strata.data.collate import PackingCollator, PaddingCollator
 from strata.data.packing import pack_examples
 from strata.data.tokenization import tokenize_completions
+from strata.training.throughput import device_name
 
 PROMPT = (
     "Classify the sentiment of this movie review as either 'positive' or 'negative'.\n\n"
     "Review: {sentence}\nSentiment:"
 )
 REPO = Path(__file__).resolve().parents[1]
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def load_sst2(hub: Path, n: int, seed: int) -> Dataset:
@@ -190,7 +180,7 @@ def write_report(
         "# Packing benchmark",
         "",
         f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
-        f"- machine: {cpu_model()}, {os.cpu_count()} logical cores, torch threads {torch.get_num_threads()}",
+        f"- machine: {device_name(torch.device('cpu'))}, {os.cpu_count()} logical cores, torch threads {torch.get_num_threads()}",
         f"- torch {torch.__version__}, python {sys.version.split()[0]}, attention {args.attn}",
         f"- model: GPT-2 from config (n_embd 96, 4 layers, 4 heads, vocab {len(tok)}), {n_params / 1e6:.2f}M params,"
         " AdamW, forward+backward+step; bf16 = torch.autocast(cpu, bfloat16)",
