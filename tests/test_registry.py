@@ -18,7 +18,7 @@ REQUIRED = [
     "JanosAudran/financial-reports-sec", "ashraq/financial-news-articles", "sujet-ai/Sujet-Finance-QA-Vision-100k",
     "openai/gsm8k", "yale-nlp/FinanceMath", "deepmind/math_dataset", "bigcode/bigcodebench", "PleIAs/common_corpus",
     "bookcorpus/bookcorpus", "AdaptLLM/finance-tasks", "open-web-math/open-web-math", "Salesforce/wikitext",
-    "karpathy/tiny_shakespeare", "strata/synthetic-strata",
+    "karpathy/tiny_shakespeare", "strata/synthetic-strata", "virattt/financial-qa-10K",
 ]
 MIRRORED = {
     "stanfordnlp/imdb", "nyu-mll/glue", "takala/financial_phrasebank", "zeroshot/twitter-financial-news-sentiment",
@@ -32,7 +32,7 @@ def test_every_required_dataset_is_registered_with_valid_fields():
     for hub_id, spec in registry.REGISTRY.items():
         assert spec.family in registry.FAMILIES, hub_id
         assert set(spec.modes) <= set(registry.MODES), hub_id
-        assert spec.verified_offline == (hub_id in MIRRORED), hub_id
+        assert spec.verified_offline == (hub_id in MIRRORED) == (spec.status == "verified_offline"), hub_id
         assert spec.default_config is None or spec.default_config in spec.configs, hub_id
     glue = registry.get_spec("glue")
     assert glue.configs == ("cola", "sst2", "mrpc", "qqp", "mnli", "qnli", "rte", "wnli")
@@ -153,23 +153,18 @@ def test_vision_dataset_fails_fast_for_text_model():
     assert spec.requires_vision
     with pytest.raises(StrataError, match="needs a vision-language model .* 'gpt2' is text-only"):
         registry.check_model_supports(spec, GPT2Config())
-
-    class VisionConfig:
-        model_type = "llava"
-        vision_config = object()
-
-    registry.check_model_supports(spec, VisionConfig())
     registry.check_model_supports(registry.get_spec("imdb"), GPT2Config())
+    # a vision-language model is refused too (tests/test_registry_access.py): images never reach it yet
 
 
 def test_format_table_lists_every_dataset():
     table = registry.format_table()
     lines = table.splitlines()
-    assert lines[0].split() == ["dataset", "aliases", "family", "configs", "train/eval", "modes", "offline"]
+    assert lines[0].split() == ["dataset", "aliases", "family", "configs", "train/eval", "modes", "status", "source"]
     for hub_id in REQUIRED:
         assert any(line.startswith(hub_id + " ") for line in lines), hub_id
     fpb = next(line for line in lines if line.startswith("takala/financial_phrasebank"))
-    assert "train/train*" in fpb and fpb.rstrip().endswith("yes")
+    assert "train/train*" in fpb and "  verified_offline  " in fpb and fpb.rstrip().endswith("mirror")
 
 
 def test_describe_shows_a_real_example(hub_mirror):

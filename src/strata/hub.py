@@ -87,6 +87,7 @@ class DataSource:
     location: str
     files: dict[str, list[str]] = field(default_factory=dict)
     tried: tuple[str, ...] = ()
+    revision: str | None = None  # the hub revision to load (a registered Parquet revision of a script repo)
 
 
 def _split_name(path: Path) -> str:
@@ -170,6 +171,11 @@ def resolve_dataset(dataset_id: str, config: str | None = None, mirror: str | Pa
     else:
         tried.append(f"no mirror (--hub_mirror / ${MIRROR_ENV} not set)")
 
+    from strata.data.registry import REGISTRY, hub_refusal  # lazy: the registry imports this module
+
+    refusal = hub_refusal(hub_id, config)  # script repos and gated repos without a token: before any download
+    if refusal:
+        raise StrataError(refusal)
     if hub_offline():
         suggestion = root if root is not None else "<mirror>"
         config_part = f" (config {config})" if config else ""
@@ -178,7 +184,8 @@ def resolve_dataset(dataset_id: str, config: str | None = None, mirror: str | Pa
             f"(HF_HUB_OFFLINE). Mirror it with `hf download {hub_id} --repo-type dataset "
             f"--local-dir {suggestion}/datasets/{hub_id}` on a machine with internet, or pass a local .jsonl/.csv file"
         )
-    return DataSource("hub", hub_id, tried=tuple(tried))
+    revision = REGISTRY[hub_id].revision if hub_id in REGISTRY else None
+    return DataSource("hub", hub_id, tried=tuple(tried), revision=revision)
 
 
 def split_names(split: str) -> list[str]:
@@ -209,7 +216,7 @@ def available_splits(dataset_id: str, config: str | None = None, mirror: str | P
 
         return list(synthetic.SPLIT_SIZES)
     if source.kind == "hub":
-        return list(datasets.get_dataset_split_names(source.location, config))
+        return list(datasets.get_dataset_split_names(source.location, config, revision=source.revision))
     return list(source.files)
 
 
@@ -228,7 +235,7 @@ def load_split(
         return select_split(synthetic.build_splits(), split, dataset_id=source.location)
     if source.kind == "hub":
         try:
-            return datasets.load_dataset(source.location, config, split=split)
+            return datasets.load_dataset(source.location, config, split=split, revision=source.revision)
         except ValueError as err:
             if "Unknown split" in str(err):
                 raise StrataError(f"dataset '{source.location}': {err}") from err

@@ -18,7 +18,7 @@ import datasets
 from strata import hub
 from strata.data import prompts
 from strata.data.local_files import spec_for_local
-from strata.data.registry import MODES, REGISTRY, DatasetSpec, get_spec
+from strata.data.registry import MODES, REGISTRY, DatasetSpec, get_spec, unsupported_refusal
 from strata.errors import StrataError
 
 SFT_COLUMNS = ("prompt", "completion", "label", "reference", "domain")
@@ -72,7 +72,10 @@ def _label_id(spec: DatasetSpec, raw: Any) -> int:
 
 
 def _text(example: dict, column: str | None) -> str:
+    """A column as prompt text; a list (FinanceMath's markdown tables) becomes its items, one block each."""
     value = example.get(column) if column else None
+    if isinstance(value, (list, tuple)):
+        return "\n\n".join(str(item).strip() for item in value if item is not None and str(item).strip())
     return "" if value is None else str(value).strip()
 
 
@@ -141,22 +144,40 @@ def format_example(spec: DatasetSpec, config: str | None, example: dict, mode: s
         template = spec.prompt_template
         if spec.family == "instruction" and not context:
             template = "instruction_no_input"
-        elif context and spec.family != "instruction":
+        elif context and spec.family != "instruction" and "{input}" not in prompts.template_text(template):
             question = f"{question}\n\n{context}"
         prompt = prompts.render(template, question=question, instruction=question, input=context)
         completion, reference = _reference_answer(spec, example)
+        if spec.completion_column:  # FinanceMath: the program, then its result as GSM8K writes a final answer
+            solution = _text(example, spec.completion_column)
+            completion = f"{solution}\n#### {reference}" if reference else solution
+        if spec.family == "code" and "code_prompt" in spec.reward_columns:
+            # BigCodeBench's canonical_solution is only the body: imports and signature are in code_prompt.
+            body = str(example.get(spec.answer_column) or "") if spec.answer_column else ""
+            completion = reference = (str(example.get("code_prompt") or "") + body).rstrip()
         if spec.family != "code" and not prompt.endswith("\n"):
             completion = " " + completion
 
     if mode == "pretrain":
         return {"text": prompt + completion}
-    return {
+    row = {
         "prompt": prompt,
         "completion": completion,
         "label": label,
         "reference": reference,
         "domain": _domain(spec, example),
     }
+    for column in spec.reward_columns:  # e.g. BigCodeBench's code_prompt, entry_point, test for the code reward
+        value = example.get(column)
+        row[column] = "" if value is None else str(value)
+    return row
+
+
+def _sft_features(spec: DatasetSpec) -> datasets.Features:
+    """The common schema, plus the string columns a reward needs (dropped when sources are mixed)."""
+    if not spec.reward_columns:
+        return SFT_FEATURES
+    return datasets.Features({**SFT_FEATURES, **{c: datasets.Value("string") for c in spec.reward_columns}})
 
 
 def _chunk(text: str, max_chars: int) -> list[str]:
@@ -257,6 +278,9 @@ def load_formatted(
     base = _resolve_spec(dataset_id, text_column, label_column, label_names, prompt_template, task, mode)
     config = config or base.default_config
     spec = base.for_config(config)
+    refusal = unsupported_refusal(spec)
+    if refusal:  # before anything is loaded
+        raise StrataError(refusal)
     if label_names and spec.local_path is None:
         original = get_spec(dataset_id).for_config(config).label_words or ()
         if original and len(spec.label_words or ()) != len(original):
@@ -295,6 +319,15 @@ def load_formatted(
             raise StrataError(f"split {split} of '{spec.id}' has no labels; use --eval_split validation")
         if len(keep) < len(raw):
             raw = raw.select(keep)
+    else:
+        # A schema that does not match the files fails here in one line, not as empty completions.
+        columns = spec.expected_columns if spec.family != "pretrain" else (spec.text_column,)
+        missing = [c for c in columns if c and c not in raw.column_names]
+        if missing:
+            raise StrataError(
+                f"'{spec.id}'" + (f" ({config})" if config else "") + f" has no column(s) {', '.join(missing)}; "
+                f"its columns are {', '.join(raw.column_names)} (expected {', '.join(columns)})"
+            )
 
     raw, note = _carve(raw, spec, split, purpose)
     if max_examples is not None and max_examples < len(raw):
@@ -303,7 +336,7 @@ def load_formatted(
     formatted = raw.map(
         lambda example: format_example(spec, config, example, mode),
         remove_columns=raw.column_names,
-        features=TEXT_FEATURES if mode == "pretrain" or spec.family == "pretrain" else SFT_FEATURES,
+        features=TEXT_FEATURES if mode == "pretrain" or spec.family == "pretrain" else _sft_features(spec),
         desc=f"formatting {spec.tag}",
     )
     if mode == "pretrain" and spec.chunk_chars:

@@ -52,7 +52,7 @@ def spec_for_local(
     common = dict(hub_id=str(path), local_path=str(path), family=family, description=f"local file {path}",
                   domain=stem, tag=stem, train_split=sample_split, eval_split=eval_split,
                   eval_carve=EvalCarve(sample_split, 0.1, 0) if eval_split == sample_split else None,
-                  verified_offline=True)
+                  status="verified_offline", schema_source=f"local file {path} (columns checked)")
     template = prompts.check_template(prompt_template) if prompt_template else None
     if family == "pretrain":
         if label_names:

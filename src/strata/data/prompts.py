@@ -34,6 +34,12 @@ TEMPLATES: dict[str, str] = {
         "Classify the sentiment of this financial news tweet as 'negative', 'neutral' or 'positive'."
         "\n\nTweet: {text}\nSentiment:"
     ),
+    # FiQA task 1 scores a (sentence, target) pair: the same sentence can be positive for one company and
+    # negative for another, so the target is part of the question.
+    "financial_target_sentiment": (
+        "Classify the sentiment of this financial text towards the target as 'negative', 'neutral' or 'positive'."
+        "\n\nText: {text}\nTarget: {text2}\nSentiment:"
+    ),
     "financial_post_sentiment": (
         "Classify the sentiment of this financial post as 'negative', 'neutral' or 'positive'."
         "\n\nPost: {text}\nSentiment:"
@@ -73,14 +79,15 @@ TEMPLATES: dict[str, str] = {
     ),
     "math": "Solve the problem step by step, then give the final answer.\n\nQuestion: {question}\nAnswer:",
     "finance_math": (
-        "Solve this financial problem. Write a Python function `solution()` that returns the numeric answer."
-        "\n\nQuestion: {question}\nAnswer:"
+        "Solve this financial problem. Write a Python function `solution()` that returns the numeric answer, "
+        "then give the answer on a last line as '#### <number>'.\n\nQuestion: {question}\nSolution:\n"
     ),
     "qa": "Answer the question.\n\nQuestion: {question}\nAnswer:",
     "context_qa": "{question}\nAnswer:",
+    "context_question": "Answer the question from the context.\n\nContext: {input}\n\nQuestion: {question}\nAnswer:",
     "instruction": "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n",
     "instruction_no_input": "### Instruction:\n{instruction}\n\n### Response:\n",
-    "code": "{question}",
+    "code": "{question}\n",
 }
 
 TEMPLATE_FIELDS = frozenset(

@@ -13,7 +13,6 @@ label_words=...)``; the column wins when both are present.
 
 from __future__ import annotations
 
-import ast
 import functools
 import re
 from collections.abc import Callable, Sequence
@@ -27,13 +26,19 @@ from strata.evaluation.answers import (
     numbers_match,
     token_f1,
 )
+from strata.training.code_programs import (
+    code_candidates,
+    defines_function,
+    entry_point_name,
+    test_program,
+    with_code_prompt,
+)
 
 RewardFunc = Callable[..., list[float | None]]
 
 MATH_REL_TOL = 1e-4
 NO_LABEL_PENALTY = -0.5
 CODE_TIMEOUT_S = 10.0
-DEFAULT_ENTRY_POINT = "task_func"  # BigCodeBench's convention
 MC_LETTERS = "ABCDEFGHIJ"
 
 
@@ -213,48 +218,6 @@ def multiple_choice(prompts: list[Any], completions: list[Any], **kwargs: Any) -
 
 # --------------------------------------------------------------------------------------------- code
 
-_FENCE = re.compile(r"```[ \t]*(?:python|py|python3)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL | re.IGNORECASE)
-_DEF_NAME = re.compile(r"^\s*(?:async\s+)?def\s+([A-Za-z_]\w*)\s*\(", re.MULTILINE)
-_CODE_START = re.compile(r"^(?:import |from \S+ import |def |async def |class |@)", re.MULTILINE)
-
-
-def _entry_point(entry_point: Any, reference: Any, prompt: str) -> str:
-    """The function the completion must define: the entry_point column, a def in the reference, the prompt's last def."""
-    if entry_point:
-        return str(entry_point)
-    in_reference = _DEF_NAME.findall(str(reference or ""))
-    if in_reference:
-        return in_reference[0]
-    in_prompt = _DEF_NAME.findall(prompt)
-    return in_prompt[-1] if in_prompt else DEFAULT_ENTRY_POINT
-
-
-def _code_candidates(completion: str, prompt: str) -> list[str]:
-    """Sources to try: fenced blocks, the raw completion, and the prompt's code followed by the completion.
-
-    The last covers BigCodeBench-style prompts that end with the function header, where the model
-    writes only the body.
-    """
-    candidates = [m.strip("\n") for m in _FENCE.findall(completion)]
-    candidates.append(completion)
-    start = _CODE_START.search(prompt)
-    if start is not None:
-        candidates.append(prompt[start.start() :] + completion)
-    return candidates
-
-
-def defines_function(source: str, name: str) -> bool:
-    """Whether ``source`` parses and defines ``name`` at module level (or as a method); never runs it."""
-    try:
-        tree = ast.parse(source)
-    except (SyntaxError, ValueError):
-        return False
-    return any(
-        isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == name
-        for node in ast.walk(tree)
-    )
-
-
 def run_code_sandboxed(source: str, timeout_s: float = CODE_TIMEOUT_S) -> bool:
     """Run ``source`` in the bubblewrap sandbox (strata.training.sandbox); True when it exits 0 in time."""
     from strata.training.sandbox import run_sandboxed
@@ -272,28 +235,32 @@ def code(
     """1.0 when the completion parses (``ast``) and defines the required function, else 0.0.
 
     The function name comes from an ``entry_point`` column, else the reference's first ``def``,
-    else the prompt's last ``def``, else ``task_func``. Code is never executed unless
-    ``code_execution`` is on; then the definitions (plus a ``test`` column's code, if any) must
+    else the prompt's last ``def``, else ``task_func``. A ``code_prompt`` column (BigCodeBench: the
+    imports and the signature) is put in front of the completion, so a body or a function without its
+    imports is judged as the program it belongs to. Code is never executed unless ``code_execution``
+    is on; then the definitions (plus a ``test`` column's code, if any, its unittest cases run) must
     also run to exit status 0 in the bubblewrap sandbox (no network, no host files) with a timeout.
     """
     n = len(completions)
     refs = _column(kwargs, "reference", n)
     entry_points = _column(kwargs, "entry_point", n)
     tests = _column(kwargs, "test", n)
+    code_prompts = _column(kwargs, "code_prompt", n)
     out: list[float | None] = []
-    for prompt, completion, ref, entry, test in zip(prompts, completions, refs, entry_points, tests):
+    for prompt, completion, ref, entry, test, code_prompt in zip(
+        prompts, completions, refs, entry_points, tests, code_prompts
+    ):
         ptext = prompt_text(prompt)
-        name = _entry_point(entry, ref, ptext)
-        source = next(
-            (c for c in _code_candidates(completion_text(completion), ptext) if defines_function(c, name)),
-            None,
-        )
+        name = entry_point_name(entry, ref, ptext)
+        text = completion_text(completion)
+        candidates = with_code_prompt(code_candidates(text, ptext), text, code_prompt, name)
+        source = next((c for c in candidates if defines_function(c, name)), None)
         if source is None:
             out.append(0.0)
         elif not code_execution:
             out.append(1.0)
         else:
-            program = source + ("\n\n" + str(test) if test else "")
+            program = source + ("\n\n" + test_program(test) if test else "")
             out.append(1.0 if run_code_sandboxed(program) else 0.0)
     return out
 

@@ -21,7 +21,7 @@ from transformers import TrainerCallback
 from strata.errors import StrataError
 
 # Dataset columns the built-in rewards read (TRL passes every kept column to every reward).
-REWARD_COLUMNS = ("reference", "label", "label_words", "domain", "entry_point", "test")
+REWARD_COLUMNS = ("reference", "label", "label_words", "domain", "entry_point", "test", "code_prompt")
 
 # Metrics worth carrying into a run summary (TRL's names; eval ones carry an "eval_" prefix).
 RL_METRIC_PREFIXES = ("reward", "rewards/", "kl", "entropy", "completions/", "frac_reward_zero_std")
@@ -78,7 +78,7 @@ def prepare_rl_dataset(
     """A GRPO-ready dataset: ``prompt`` (left-truncated to ``max_prompt_length`` tokens) and the reward columns.
 
     ``completion`` and other training-only columns are dropped; ``reference``, ``label``,
-    ``label_words``, ``domain``, ``entry_point`` and ``test`` are kept when present, because TRL
+    ``label_words``, ``domain``, ``entry_point``, ``test`` and ``code_prompt`` are kept when present, because TRL
     hands every kept column to the reward functions. ``label_words`` adds that column to every
     row when the dataset lacks it (useful for mixtures; the closure in ``make_reward`` covers
     single datasets). Idempotent, so preparing twice is harmless.

@@ -163,17 +163,17 @@ def preflight(config: RunConfig) -> None:
 
 
 def refuse_vision_data(config: RunConfig) -> None:
-    """An image dataset with a text-only model fails here, before any data is read."""
-    from strata.data.registry import REGISTRY, check_model_supports
+    """An image dataset fails here, before any data is read: a text-only model is told so, and a
+    vision-language model too (Strata does not pass images through a processor yet)."""
+    from strata.data.registry import REGISTRY, check_model_supports, unsupported_refusal
     from strata.hub import canonical_dataset_id, looks_like_path
 
     for dataset_id in config.data.datasets or [config.data.dataset]:
         spec = None if looks_like_path(dataset_id) else REGISTRY.get(canonical_dataset_id(dataset_id))
         if spec is not None and spec.requires_vision:
             model_config = config_from_flags(config.model, config.data.hub_mirror)
-            if model_config is None:
-                raise StrataError(f"dataset '{spec.hub_id}' needs a vision-language model; {config.model.model} "
-                                  "is not available offline to check (mirror it, or pick a local model folder)")
+            if model_config is None:  # refused for every model: images never reach one yet
+                raise StrataError(unsupported_refusal(spec) or f"dataset '{spec.hub_id}' is not supported")
             check_model_supports(spec, model_config)
 
 
