@@ -56,7 +56,7 @@ def with_code_prompt(candidates: list[str], completion: str, code_prompt: Any, n
     return [imports + c for c in candidates] + [header + completion] + candidates
 
 
-def test_program(test: Any) -> str:
+def unittest_program(test: Any) -> str:
     """The test code to append; a unittest ``TestCase`` (BigCodeBench) is also run, so failures fail the exit."""
     text = str(test or "")
     if "unittest" in text and "TestCase" in text and "unittest.main" not in text:

@@ -30,7 +30,7 @@ from strata.training.code_programs import (
     code_candidates,
     defines_function,
     entry_point_name,
-    test_program,
+    unittest_program,
     with_code_prompt,
 )
 
@@ -260,7 +260,7 @@ def code(
         elif not code_execution:
             out.append(1.0)
         else:
-            program = source + ("\n\n" + test_program(test) if test else "")
+            program = source + ("\n\n" + unittest_program(test) if test else "")
             out.append(1.0 if run_code_sandboxed(program) else 0.0)
     return out
 
