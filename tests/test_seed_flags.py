@@ -206,3 +206,13 @@ def test_main_py_and_train_py_train_the_same_run(tmp_path):
     main_run, train_run = only_run(tmp_path / "main.py"), only_run(tmp_path / "train.py")
     assert main_run.name.split("_", 2)[2] == train_run.name.split("_", 2)[2]  # the same run key
     assert max_weight_diff(final_weights(main_run), final_weights(train_run)) == 0.0
+
+
+def test_train_called_directly_refuses_what_only_the_cli_can_launch(tmp_path):
+    from strata.training.run import train
+
+    for argv, message in ((["--multi_gpu", "--device", "cpu", "--nproc_per_node", "2"], "started by `strata train`"),
+                          (["--ddp_backend", "gloo"], "single process")):
+        with pytest.raises(StrataError, match=message):
+            train(parse_run_config([*FAST, *argv, "--runs_dir", str(tmp_path / "runs")]))
+    assert not (tmp_path / "runs").exists()

@@ -62,12 +62,13 @@ def _setup_environment() -> None:
 def cmd_train(argv: list[str]) -> int:
     from strata.config import parse_run_config
     from strata.training.launch import plan_launch, self_launch
-    from strata.training.run import train
+    from strata.training.run import preflight, train
 
     config = parse_run_config(argv)
     workers = plan_launch(config)  # --multi_gpu without a launcher: re-run this command as N workers
     if workers is not None:
-        return self_launch(config, workers, argv)
+        preflight(config)  # the data-free checks once, here: one line, not one per worker
+        return self_launch(workers, argv)
     train(config)
     return 0
 

@@ -22,8 +22,6 @@ import torch
 from strata.config import RunConfig
 from strata.errors import StrataError
 
-logger = logging.getLogger("strata.launch")
-
 
 def under_launcher() -> bool:
     """torchrun, torch.distributed.launch and accelerate launch all give their workers $WORLD_SIZE."""
@@ -98,18 +96,11 @@ def launcher_args(nproc: int, train_argv: list[str]) -> list[str]:
     return ["--nproc_per_node", str(nproc), "--standalone", "--module", "strata.cli", "train", *train_argv]
 
 
-def self_launch(config: RunConfig, nproc: int, train_argv: list[str]) -> int:
-    """Run the workers through ``torch.distributed.run.main`` and return their exit code (0 when all succeed).
-
-    The data-free checks run here first, so a bad flag is one line from this process, not one per worker.
-    """
+def self_launch(nproc: int, train_argv: list[str]) -> int:
+    """Run the workers through ``torch.distributed.run.main`` and return their exit code (0 when all succeed)."""
     import torch.distributed.run as torch_run
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
-    from strata.training.run import preflight
-
-    config.data.hub_mirror = config.data.hub_mirror or os.environ.get("STRATA_HUB_MIRROR")
-    preflight(config)
     print(f"[strata] --multi_gpu: starting {nproc} workers through torch.distributed.run", flush=True)
     try:
         with _worker_environment(), _quiet_agent():

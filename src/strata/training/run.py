@@ -46,6 +46,7 @@ from strata.training.distributed import (
     watch_launcher,
 )
 from strata.training.guards import NonFiniteGuard, all_finite, stop_diverged
+from strata.training.launch import plan_launch
 from strata.training.run_folder import (
     RunFolder,
     detach_log_file,
@@ -72,9 +73,11 @@ def train(config: RunConfig) -> RunResult:
     watch_launcher()
     data_args, model_args, train_args = config.data, config.model, config.train
     say = _printer(dist)
-    mirror = data_args.hub_mirror or os.environ.get("STRATA_HUB_MIRROR")
-    data_args.hub_mirror = mirror
+    if plan_launch(config) is not None:  # checks --multi_gpu/--ddp_backend here too, for callers beside the CLI
+        raise StrataError("--multi_gpu without a launcher is started by `strata train` / train.py, which runs the "
+                          "workers; use those, or launch this call under torchrun")
     preflight(config)
+    mirror = data_args.hub_mirror
     if dist.world_size > 1:  # before anything asks accelerate for its state (see start_process_group)
         start_process_group(train_args.ddp_backend, cpu=resolve_device(model_args.device) == "cpu")
 
@@ -157,6 +160,7 @@ def _train_in_folder(config: RunConfig, examples: Examples, folder: RunFolder, c
 # ---------------------------------------------------------------------------- builders
 def preflight(config: RunConfig) -> None:
     """Checks that need neither data nor weights: an impossible device or attention fails in a second."""
+    config.data.hub_mirror = config.data.hub_mirror or os.environ.get("STRATA_HUB_MIRROR")
     device = resolve_device(config.model.device)
     resolve_precision(config.model.precision, device)
     resolve_attention(config.model, device)
