@@ -9,6 +9,7 @@ import pytest
 
 from strata.config import ALL_ARGUMENT_CLASSES, build_parser, parse_run_config
 from strata.errors import StrataError
+from strata.flag_aliases import ALIASES
 from strata.flag_usage import FLAG_MODES, MODES, markdown_table
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "flags.md"
@@ -17,7 +18,7 @@ DOCS = Path(__file__).resolve().parents[1] / "docs" / "flags.md"
 def test_every_parser_flag_has_a_row_and_no_row_is_stale():
     parser = build_parser()
     options = {opt[2:].replace("-", "_") for action in parser._actions for opt in action.option_strings
-               if opt.startswith("--")} - {"help", "config"}
+               if opt.startswith("--")} - {"help", "config"} - set(ALIASES)
     field_names = {f.name for cls in ALL_ARGUMENT_CLASSES for f in fields(cls)}
     assert options == field_names  # the parser offers exactly the dataclass fields ...
     assert set(FLAG_MODES) == field_names  # ... and the table has one row per field

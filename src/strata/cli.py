@@ -61,9 +61,14 @@ def _setup_environment() -> None:
 
 def cmd_train(argv: list[str]) -> int:
     from strata.config import parse_run_config
-    from strata.training.run import train
+    from strata.training.launch import plan_launch, self_launch
+    from strata.training.run import preflight, train
 
     config = parse_run_config(argv)
+    workers = plan_launch(config)  # --multi_gpu without a launcher: re-run this command as N workers
+    if workers is not None:
+        preflight(config)  # the data-free checks once, here: one line, not one per worker
+        return self_launch(workers, argv)
     train(config)
     return 0
 
@@ -145,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def train_main() -> int:
-    """``python train.py``: exactly the flags of ``strata train``."""
+    """``python train.py`` / ``python main.py``: exactly the flags of ``strata train``."""
     return main(["train", *sys.argv[1:]])
 
 

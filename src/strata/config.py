@@ -12,6 +12,7 @@ from typing import Any
 
 from strata.config_file import load_config_file
 from strata.errors import StrataError
+from strata.flag_aliases import add_alias_help, expand_argv
 from strata.flag_usage import MODES, check_flags_for_mode
 
 DEFAULT_DATASET = "strata/synthetic-strata"
@@ -107,7 +108,8 @@ class ModelArguments:
         default=False, metadata={"help": "Shorthand for --attn_implementation flash_attention_2."}
     )
     precision: str = field(
-        default="auto", metadata={"help": "auto | bf16 | fp16 | fp32 (auto: bf16 on CUDA with bf16, else fp16; on CPU bf16 with AMX, else fp32)."}
+        default="auto", metadata={"help": "auto | bf16 | fp16 | fp32 (auto: bf16 on CUDA with bf16, else fp16; on CPU bf16 with AMX, else fp32). "
+                                  "--fp16 / --bf16 are the same as --precision fp16 / bf16."}
     )
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations to save memory."})
     load_in_4bit: bool = field(default=False, metadata={"help": "Load weights in 4-bit (bitsandbytes, CUDA)."})
@@ -150,7 +152,12 @@ class TrainArguments:
     )
     max_steps: int = field(default=600, metadata={"help": "Optimizer steps (-1: use --num_train_epochs)."})
     num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs when --max_steps is -1."})
-    per_device_train_batch_size: int = field(default=16, metadata={"help": "Batch size per device."})
+    per_device_train_batch_size: int = field(
+        default=16,
+        metadata={"aliases": ["--batch_size"],
+                  "help": "Batch size per device (--batch_size: the same, and it also sets "
+                          "--per_device_eval_batch_size unless that is given)."},
+    )
     per_device_eval_batch_size: int = field(default=16, metadata={"help": "Evaluation batch size per device."})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
     learning_rate: float | None = field(
@@ -199,6 +206,22 @@ class TrainArguments:
         metadata={"help": "auto: in training, run the LM head and cross-entropy only at positions with a label "
                   "(same loss; chunked when there are many, so [tokens x vocab] logits are never held whole), "
                   "where that is exact for the model, else the full head | off: always the full head."},
+    )
+    # Several processes (docs/distributed.md).
+    multi_gpu: bool = field(
+        default=False,
+        metadata={"help": "Train on every visible GPU: without a launcher, re-run this command as one worker per GPU "
+                  "through torch.distributed.run; under torchrun, check there are at least 2 processes."},
+    )
+    nproc_per_node: int | None = field(
+        default=None,
+        metadata={"help": "With --multi_gpu and no launcher: how many workers (default: one per visible GPU; with "
+                  "--device cpu, N gloo workers)."},
+    )
+    ddp_backend: str | None = field(
+        default=None,
+        metadata={"help": "Process-group backend of a multi-process run: nccl (CUDA) | gloo (default: nccl on CUDA, "
+                  "gloo on CPU)."},
     )
     # Reinforcement learning (GRPO through TRL).
     reward_funcs: list[str] | None = field(
@@ -276,6 +299,7 @@ def build_parser(classes: tuple[type, ...] = ALL_ARGUMENT_CLASSES, prog: str = "
 
     parser = HfArgumentParser(classes, prog=prog)
     parser.add_argument("--config", default=None, help="YAML or JSON file of flag values (flags given here win).")
+    add_alias_help(parser)
     return parser
 
 
@@ -284,11 +308,11 @@ def parse_run_config(argv: list[str] | None = None, prog: str = "strata train") 
     argv = list(sys.argv[1:] if argv is None else argv)
     config_path, rest = _split_config_flag(argv)
     parser = build_parser(prog=prog)
-    given = given_flags(rest)
-    if config_path is not None:
-        from_file = load_config_file(config_path, ALL_ARGUMENT_CLASSES)
+    from_file = load_config_file(config_path, ALL_ARGUMENT_CLASSES) if config_path is not None else {}
+    rest = expand_argv(rest, file_keys=set(from_file))
+    given = given_flags(rest) | set(from_file)
+    if from_file:
         parser.set_defaults(**from_file)
-        given |= set(from_file)
     outputs = parser.parse_args_into_dataclasses(args=rest, return_remaining_strings=True)
     data, model, train, _extra = outputs[0], outputs[1], outputs[2], outputs[-1]
     if _extra:
@@ -328,6 +352,8 @@ def validate(config: RunConfig) -> None:
                           f"{m.attn_implementation}; pass only one of them")
     if m.device not in ("auto", "cuda", "mps", "cpu"):
         raise StrataError(f"--device {m.device!r} is not one of auto, cuda, mps, cpu")
+    if t.ddp_backend not in (None, "nccl", "gloo"):
+        raise StrataError(f"--ddp_backend {t.ddp_backend!r} is not one of nccl, gloo")
     if sum([m.load_in_4bit, m.load_in_8bit, m.moe_load_in_4bit, m.moe_load_in_8bit]) > 1:
         raise StrataError("choose at most one of --load_in_4bit, --load_in_8bit, --moe_load_in_4bit, --moe_load_in_8bit")
     if t.eval_method not in ("loglik", "generate"):

@@ -1,7 +1,8 @@
 """`--config FILE`: YAML or JSON flag values, checked against the argument dataclasses before use.
 
 A bad file fails with one line naming the file and the key (argparse would print a usage dump that never
-names the file): syntax errors with line and column, unknown keys, and values of the wrong type.
+names the file): syntax errors with line and column, unknown keys, and values of the wrong type. The older
+pipeline's keys (``batch_size``, ``fp16``, ``bf16``) mean what their flags mean (strata.flag_aliases).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from strata.errors import StrataError
+from strata.flag_aliases import expand_mapping
 
 
 def _known_keys(classes: tuple[type, ...]) -> set[str]:
@@ -39,6 +41,7 @@ def load_config_file(path: str, classes: tuple[type, ...]) -> dict[str, Any]:
         raise StrataError(f"config file {path}: YAML syntax error{where}: {problem}; fix the file") from None
     if not isinstance(values, dict):
         raise StrataError(f"config file {path} must hold a mapping of flag names to values")
+    values = expand_mapping(values, path)  # batch_size / fp16 / bf16 mean what they mean on the command line
     unknown = sorted(set(values) - _known_keys(classes))
     if unknown:
         raise StrataError(

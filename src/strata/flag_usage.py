@@ -94,6 +94,9 @@ FLAG_MODES: dict[str, tuple[frozenset[str], str]] = {
     "nan_policy": (ALL, ""),
     "nan_skip_limit": (ALL, ""),
     "sparse_lm_head": (TRAINER, "GRPO computes its completions' log-probs itself"),
+    "multi_gpu": (ALL, ""),
+    "nproc_per_node": (ALL, ""),
+    "ddp_backend": (ALL, ""),
     # --- reinforcement learning
     "reward_funcs": (RL, "rewards are for --mode rl"),
     "reward_weights": (RL, "rewards are for --mode rl"),

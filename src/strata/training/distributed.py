@@ -25,6 +25,28 @@ def dist_info() -> DistInfo:
     return DistInfo(rank=int(os.environ.get("RANK", 0)), world_size=int(os.environ.get("WORLD_SIZE", 1)))
 
 
+def start_process_group(backend: str | None, cpu: bool) -> str:
+    """Start the default process group with ``backend`` (None: accelerate's choice) and return the one in use.
+
+    Must run before anything else touches accelerate's state: the first ``PartialState`` decides the group
+    for the whole process, and the Trainer's later ``ddp_backend`` would then be ignored without a word.
+    """
+    import torch.distributed as torch_dist
+    from accelerate import PartialState
+
+    PartialState(cpu=cpu, backend=backend)
+    return str(torch_dist.get_backend())
+
+
+def process_group_backend() -> str | None:
+    """The backend of the running process group (what metrics.json records), None in a single process."""
+    import torch.distributed as torch_dist
+
+    if not (torch_dist.is_available() and torch_dist.is_initialized()):
+        return None
+    return str(torch_dist.get_backend())
+
+
 def broadcast_object(value: Any, dist: DistInfo) -> Any:
     """Rank 0's value on every rank; starts the process group through accelerate if needed."""
     if dist.world_size == 1:

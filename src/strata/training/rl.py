@@ -546,7 +546,7 @@ def run_rl(config: Any, examples: Any, loaded: Any, folder: Any, checkpoint: Any
     from transformers.integrations import TensorBoardCallback
 
     from strata.training.callbacks import RunMetadataCallback
-    from strata.training.distributed import dist_info
+    from strata.training.distributed import dist_info, process_group_backend
     from strata.training.guards import NonFiniteGuard, stop_diverged
     from strata.training.run import RunResult, _metadata, save_final
 
@@ -619,6 +619,7 @@ def run_rl(config: Any, examples: Any, loaded: Any, folder: Any, checkpoint: Any
         bf16=loaded.precision == "bf16",
         fp16=loaded.precision == "fp16",
         use_cpu=loaded.device == "cpu",
+        ddp_backend=t.ddp_backend,
         activation_checkpointing=config.model.gradient_checkpointing,
         dataloader_num_workers=t.dataloader_num_workers,
         logging_first_step=True,
@@ -650,6 +651,7 @@ def run_rl(config: Any, examples: Any, loaded: Any, folder: Any, checkpoint: Any
             "precision": loaded.precision,
             "precision_as_run": loaded.precision_description,
             "world_size": dist.world_size,
+            "process_group_backend": process_group_backend(),
             "train_rows": len(examples.train),
         },
     }

@@ -37,8 +37,16 @@ from strata.models.loading import (
     resolve_precision,
 )
 from strata.training.callbacks import RunMetadataCallback
-from strata.training.distributed import DistInfo, broadcast_object, dist_info, watch_launcher
+from strata.training.distributed import (
+    DistInfo,
+    broadcast_object,
+    dist_info,
+    process_group_backend,
+    start_process_group,
+    watch_launcher,
+)
 from strata.training.guards import NonFiniteGuard, all_finite, stop_diverged
+from strata.training.launch import plan_launch
 from strata.training.run_folder import (
     RunFolder,
     detach_log_file,
@@ -65,9 +73,13 @@ def train(config: RunConfig) -> RunResult:
     watch_launcher()
     data_args, model_args, train_args = config.data, config.model, config.train
     say = _printer(dist)
-    mirror = data_args.hub_mirror or os.environ.get("STRATA_HUB_MIRROR")
-    data_args.hub_mirror = mirror
+    if plan_launch(config) is not None:  # checks --multi_gpu/--ddp_backend here too, for callers beside the CLI
+        raise StrataError("--multi_gpu without a launcher is started by `strata train` / train.py, which runs the "
+                          "workers; use those, or launch this call under torchrun")
     preflight(config)
+    mirror = data_args.hub_mirror
+    if dist.world_size > 1:  # before anything asks accelerate for its state (see start_process_group)
+        start_process_group(train_args.ddp_backend, cpu=resolve_device(model_args.device) == "cpu")
 
     examples = load_examples(data_args, train_args.mode, train_args.data_order_seed())
     check_stratum_sources(planned_config(config), examples, config)  # before a run folder exists
@@ -78,7 +90,7 @@ def train(config: RunConfig) -> RunResult:
               else data_args.max_length)  # RL does not use --max_length
     key = run_key(model_args.model, examples.tag, train_args.mode, train_args.per_device_train_batch_size,
                   length, train_args.gradient_accumulation_steps, model_args.use_lora,
-                  data_args.use_packing, dist.world_size)
+                  data_args.use_packing, dist.world_size, train_args.multi_gpu)
     args_record = {**config.to_dict(), "run_key": key, "world_size": dist.world_size}
     folder, checkpoint, created_root = _choose_folder(config, key, dist, args_record)
     fresh = checkpoint is None
@@ -148,6 +160,7 @@ def _train_in_folder(config: RunConfig, examples: Examples, folder: RunFolder, c
 # ---------------------------------------------------------------------------- builders
 def preflight(config: RunConfig) -> None:
     """Checks that need neither data nor weights: an impossible device or attention fails in a second."""
+    config.data.hub_mirror = config.data.hub_mirror or os.environ.get("STRATA_HUB_MIRROR")
     device = resolve_device(config.model.device)
     resolve_precision(config.model.precision, device)
     resolve_attention(config.model, device)
@@ -238,6 +251,7 @@ def training_arguments(config: RunConfig, loaded: LoadedModel, folder: RunFolder
         remove_unused_columns=False,
         disable_tqdm=False,
         ddp_find_unused_parameters=False if torch.distributed.is_available() else None,
+        ddp_backend=t.ddp_backend,
         save_only_model=False,
     )
 
@@ -365,7 +379,7 @@ def _run_summary(config: RunConfig, examples: Examples, loaded: LoadedModel, tok
         "learning_rate": resolved_learning_rate(config.train.learning_rate, loaded.init),
         "trainable_parameters": loaded.trainable_params, "attention": loaded.attn_implementation,
         "device": loaded.device, "precision": loaded.precision, "precision_as_run": loaded.precision_description,
-        "world_size": dist.world_size,
+        "world_size": dist.world_size, "process_group_backend": process_group_backend(),
         "token_budget": token_budget(config, dist.world_size), "train_rows": len(tokenized.train),
         "loss_bearing_tokens": tokenized.loss_tokens,
     }

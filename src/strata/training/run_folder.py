@@ -1,6 +1,6 @@
 """Named run folders: one folder per run holding args, logs, TensorBoard, checkpoints, final model, metrics.
 
-``runs/<YYYY-MM-DD>_<HH>h<MM>m_<model>_<dataset-tag>_<mode>_bs<B>_len<L>[_acc<A>][_lora][_packed][_ws<N>]/``
+``runs/<YYYY-MM-DD>_<HH>h<MM>m_<model>_<dataset-tag>_<mode>_bs<B>_len<L>[_acc<A>][_lora][_packed][_ws<N>][_multigpu]/``
 The time prefix sorts runs chronologically; the rest (the *run key*) finds "the same run" for
 ``--resume_from_checkpoint latest``. An existing folder is never silently reused.
 """
@@ -27,8 +27,10 @@ def _slug(text: str) -> str:
 
 
 def run_key(model: str, dataset_tag: str, mode: str, batch_size: int, max_length: int | str,
-            grad_accum: int = 1, lora: bool = False, packed: bool = False, world_size: int = 1) -> str:
-    """The name of a run without its time prefix (``max_length``: RL passes "<prompt>+<completion>")."""
+            grad_accum: int = 1, lora: bool = False, packed: bool = False, world_size: int = 1,
+            multi_gpu: bool = False) -> str:
+    """The name of a run without its time prefix (``max_length``: RL passes "<prompt>+<completion>";
+    ``multi_gpu``: the older pipeline's ``_multigpu`` suffix for --multi_gpu runs)."""
     model_name = _slug(Path(model.rstrip("/")).name if "/" in model else model)
     parts = [model_name, _slug(dataset_tag), mode, f"bs{batch_size}", f"len{max_length}"]
     if grad_accum > 1:
@@ -39,6 +41,8 @@ def run_key(model: str, dataset_tag: str, mode: str, batch_size: int, max_length
         parts.append("packed")
     if world_size > 1:
         parts.append(f"ws{world_size}")
+    if multi_gpu:
+        parts.append("multigpu")
     return "_".join(parts)
 
 

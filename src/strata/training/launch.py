@@ -1,0 +1,145 @@
+"""``--multi_gpu``: one command trains on every visible GPU, through torch's own elastic launcher.
+
+``python train.py --multi_gpu ...`` with no launcher around it starts ``torch.distributed.run`` in this
+process (a free rendezvous port through ``--standalone``), which re-runs the same command as one worker per
+GPU and waits; this process creates no run folder and returns the workers' exit code. Under torchrun (or
+``python -m torch.distributed.launch``) ``--multi_gpu`` only checks that the launch has 2 or more processes.
+``--device cpu --nproc_per_node N`` starts N CPU workers on gloo, so the path is exercised without GPUs.
+
+Everything here runs before the data or a model is touched, and a refusal is one line (StrataError).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from strata.config import RunConfig
+from strata.errors import StrataError
+
+
+def under_launcher() -> bool:
+    """torchrun, torch.distributed.launch and accelerate launch all give their workers $WORLD_SIZE."""
+    return "WORLD_SIZE" in os.environ
+
+
+def plan_launch(config: RunConfig) -> int | None:
+    """How many workers to start from this process (self-launch), or None to train right here.
+
+    Refuses flags that cannot mean anything in this launch: --ddp_backend in a single process, nccl without
+    CUDA, --multi_gpu with fewer than 2 processes or GPUs, --nproc_per_node without --multi_gpu.
+    """
+    t, device = config.train, config.model.device
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    launched = under_launcher()
+    if t.nproc_per_node is not None and not t.multi_gpu:
+        raise StrataError(f"--nproc_per_node {t.nproc_per_node} sets how many workers --multi_gpu starts; add "
+                          "--multi_gpu, or drop it")
+    if t.ddp_backend is not None and not t.multi_gpu and world < 2:
+        raise StrataError(f"--ddp_backend {t.ddp_backend} sets the backend of a multi-process run, and this one is a "
+                          "single process; add --multi_gpu (or launch with torchrun --nproc_per_node N), or drop it")
+    if t.ddp_backend == "nccl":
+        _check_nccl(device)
+    if not t.multi_gpu:
+        return None
+    if device == "mps":
+        raise StrataError("--multi_gpu needs CUDA GPUs (or --device cpu with --nproc_per_node); Apple MPS is one device"
+                          ": drop --multi_gpu")
+    if launched:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+        if world < 2:
+            raise StrataError(f"--multi_gpu under a launcher needs at least 2 processes, and this launch has {world}; "
+                              "pass --nproc_per_node=2 (or more) to torchrun, or drop --multi_gpu")
+        if t.nproc_per_node is not None and t.nproc_per_node != local:
+            raise StrataError(f"--nproc_per_node {t.nproc_per_node} disagrees with the launcher's {local} processes per "
+                              "node; the launcher decides: give --nproc_per_node to torchrun only")
+        return None
+    if t.nproc_per_node is not None and t.nproc_per_node < 2:
+        raise StrataError(f"--nproc_per_node {t.nproc_per_node} is one process; drop --multi_gpu to train in one, or "
+                          "pass 2 or more")
+    if device == "cpu":
+        if t.nproc_per_node is None:
+            raise StrataError("--multi_gpu --device cpu needs --nproc_per_node N (2 or more) CPU workers on gloo; add "
+                              "it, or drop --device cpu to use the GPUs")
+        return t.nproc_per_node
+    gpus = torch.cuda.device_count()
+    if gpus < 2:
+        raise StrataError(f"--multi_gpu needs at least 2 GPUs, and {gpus} {'is' if gpus == 1 else 'are'} visible"
+                          f"{_visible_note()}; drop --multi_gpu to train on one device, or add --device cpu "
+                          "--nproc_per_node 2 to try the multi-process path on CPU workers")
+    nproc = t.nproc_per_node or gpus
+    if nproc > gpus:
+        raise StrataError(f"--nproc_per_node {nproc} asks for more workers than the {gpus} visible GPUs (one worker "
+                          "per GPU); pass at most that many")
+    return nproc
+
+
+def _check_nccl(device: str) -> None:
+    if device == "cpu" or not torch.cuda.is_available():
+        why = "--device cpu" if device == "cpu" else "no CUDA GPU is visible"
+        raise StrataError(f"--ddp_backend nccl needs CUDA GPUs, and this run has none ({why}); use --ddp_backend gloo "
+                          "or leave it out")
+
+
+def _visible_note() -> str:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return f" (CUDA_VISIBLE_DEVICES={visible})" if visible is not None else ""
+
+
+def launcher_args(nproc: int, train_argv: list[str]) -> list[str]:
+    """The torch.distributed.run command line that re-runs ``strata train <train_argv>`` as ``nproc`` workers."""
+    return ["--nproc_per_node", str(nproc), "--standalone", "--module", "strata.cli", "train", *train_argv]
+
+
+def self_launch(nproc: int, train_argv: list[str]) -> int:
+    """Run the workers through ``torch.distributed.run.main`` and return their exit code (0 when all succeed)."""
+    import torch.distributed.run as torch_run
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    print(f"[strata] --multi_gpu: starting {nproc} workers through torch.distributed.run", flush=True)
+    try:
+        with _worker_environment(), _quiet_agent():
+            torch_run.main(launcher_args(nproc, train_argv))
+    except ChildFailedError as failed:
+        rank, failure = failed.get_first_failure()
+        code = failure.exitcode if failure.exitcode > 0 else 1
+        how = f"exit code {failure.exitcode}" if failure.exitcode >= 0 else f"signal {-failure.exitcode}"
+        print(f"error: worker rank {rank} of {nproc} failed ({how}); its message is above", file=sys.stderr,
+              flush=True)
+        return code
+    return 0
+
+
+@contextmanager
+def _quiet_agent():
+    """The elastic agent's own log lines (SIGTERM to the other workers, "failed (exitcode: N)") would bury the
+    worker's one-line error; the line printed after them says which worker failed and how."""
+    agent = logging.getLogger("torch.distributed.elastic")
+    level = agent.level
+    agent.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        agent.setLevel(level)
+
+
+@contextmanager
+def _worker_environment():
+    """Workers import the very strata this process runs (a checkout on PYTHONPATH may shadow an installed one)."""
+    import strata
+
+    source = str(Path(strata.__file__).resolve().parents[1])
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join([source, *([saved] if saved else [])])
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved
