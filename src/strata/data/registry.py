@@ -76,6 +76,7 @@ class DatasetSpec:
     verified_offline: bool = False
     requires_vision: bool = False
     chunk_chars: int | None = None  # pretrain: split very long rows (tiny_shakespeare is one row per split)
+    streams_by_default: bool = False  # too large to download whole: --streaming auto reads it as a stream
     local_path: str | None = None  # set by spec_for_local
     # config → field values that differ for that config; a plain dict so the spec pickles (datasets.map).
     config_overrides: Mapping[str, Mapping[str, Any]] = field(
@@ -357,6 +358,7 @@ _SPECS: tuple[DatasetSpec, ...] = (
         default_config="small_lite",
         text_column="sentence",
         modes=("pretrain",),
+        config_overrides={c: {"streams_by_default": True} for c in ("large_lite", "large_full")},
     ),
     _spec(
         hub_id="ashraq/financial-news-articles",
@@ -463,6 +465,7 @@ _SPECS: tuple[DatasetSpec, ...] = (
         eval_carve=EvalCarve("train", 0.001, 0),
         text_column="text",
         modes=("pretrain",),
+        streams_by_default=True,
     ),
     _spec(
         hub_id="bookcorpus/bookcorpus",
@@ -475,6 +478,7 @@ _SPECS: tuple[DatasetSpec, ...] = (
         eval_carve=EvalCarve("train", 0.001, 0),
         text_column="text",
         modes=("pretrain",),
+        streams_by_default=True,
     ),
     _spec(
         hub_id="AdaptLLM/finance-tasks",
@@ -510,6 +514,7 @@ _SPECS: tuple[DatasetSpec, ...] = (
         eval_carve=EvalCarve("train", 0.001, 0),
         text_column="text",
         modes=("pretrain",),
+        streams_by_default=True,
     ),
     _spec(
         hub_id="Salesforce/wikitext",
