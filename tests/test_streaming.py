@@ -246,3 +246,15 @@ def test_two_processes_see_the_rows_of_one_process_with_twice_the_batch(tmp_path
     ddp_run, one_run = only_run(tmp_path / "ddp"), only_run(tmp_path / "one")
     assert metrics(ddp_run)["train"]["num_input_tokens_seen"] == metrics(one_run)["train"]["num_input_tokens_seen"]
     assert max_weight_diff(final_weights(ddp_run), final_weights(one_run)) <= 1e-5
+
+
+def test_a_carved_eval_split_is_the_first_rows_and_training_skips_them(tmp_path):
+    """A single-file corpus evaluates on rows carved from its train split: on a stream, the first rows."""
+    docs = [f"document number {i} says {'la ' * (i % 7)}" for i in range(50)]
+    path = tmp_path / "corpus.jsonl"
+    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    examples = load_examples(_stream_data(dataset=str(path), max_eval_examples=5), "pretrain", seed=0)
+    assert examples.evals[0].dataset["text"] == [d.strip() for d in docs[:5]]
+    trained = [row["text"] for row in _first(examples.train, 45)]
+    assert sorted(trained) == sorted(d.strip() for d in docs[5:])
+    assert examples.sources[0]["train_skips_first"] == 5

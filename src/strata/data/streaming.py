@@ -164,6 +164,9 @@ def formatted_stream(dataset_id: str, config: str | None, split: str | None, mod
     spec = base.for_config(config)
     if mode not in spec.modes:
         raise StrataError(f"dataset '{spec.id}' does not support --mode {mode}; it supports {', '.join(spec.modes)}")
+    if data.task not in ("auto", spec.family):
+        raise StrataError(f"dataset '{spec.id}' is a {spec.family} dataset, not {data.task}; use --task auto or "
+                          f"--task {spec.family}")
     split = split or spec.split_for(purpose)
     raw = open_stream(spec.id, config, split, mirror)
     carve_skip = 0
@@ -182,8 +185,9 @@ def formatted_stream(dataset_id: str, config: str | None, split: str | None, mod
             texts = [piece for text in texts for piece in _chunk(text, chunk_chars)]
         return {"text": texts}
 
-    formatted = raw.map(to_text, batched=True, batch_size=100, remove_columns=raw.column_names,
-                        features=TEXT_FEATURES)
+    # A hub stream may not declare its features: then its first row names the columns to drop.
+    columns = raw.column_names or list(next(iter(raw.take(1)), {}))
+    formatted = raw.map(to_text, batched=True, batch_size=100, remove_columns=columns, features=TEXT_FEATURES)
     return StreamSource(formatted, spec.tag, spec.family, split, carve_skip)
 
 
