@@ -183,6 +183,12 @@ def test_streaming_is_refused_for_sft_and_on_by_default_for_a_huge_corpus(tmp_pa
     err = capsys.readouterr().err.strip()
     assert "--streaming needs --max_steps" in err and "on by default for this corpus" in err, err
     assert not runs.exists()
+    marked = {(i, c): streaming.uses_streaming(DataArguments(dataset=i, dataset_config=c), "pretrain")
+              for i, c in [("PleIAs/common_corpus", None), ("open-web-math", None), ("bookcorpus", None),
+                           ("JanosAudran/financial-reports-sec", "large_full"),
+                           ("JanosAudran/financial-reports-sec", "small_lite"), (SHAKESPEARE, None)]}
+    assert list(marked.values()) == [True, True, True, True, False, False], marked
+    assert not streaming.uses_streaming(DataArguments(dataset="bookcorpus", streaming="false"), "pretrain")
 
 
 def test_pretrain_streaming_end_to_end(tmp_path, capsys):
