@@ -204,14 +204,12 @@ def test_pretrain_streaming_end_to_end(tmp_path, capsys):
     assert json.loads((run / "args.json").read_text())["streaming"] == "true"
 
 
-def _interrupted_then_resumed(tmp_path: Path, common: list[str]) -> Path:
-    assert run_strata("train", *common, "--runs_dir", tmp_path / "b") == 0
-    interrupted = only_run(tmp_path / "b")
-    # A crash right after the step-3 checkpoint: later state is gone.
+def _crash_after_step_3(runs: Path) -> Path:
+    """A run of 6 steps cut off right after its step-3 checkpoint: later state is gone."""
+    interrupted = only_run(runs)
     shutil.rmtree(interrupted / "checkpoints" / "checkpoint-6")
     shutil.rmtree(interrupted / "final")
     (interrupted / "metrics.json").unlink()
-    assert run_strata("train", *common, "--runs_dir", tmp_path / "b", "--resume_from_checkpoint", "latest") == 0
     return interrupted
 
 
@@ -220,9 +218,12 @@ def test_resumed_stream_equals_the_uninterrupted_run(tmp_path, monkeypatch):
               "--lr_scheduler_type", "constant"]
     assert run_strata("train", *common, "--runs_dir", tmp_path / "a") == 0
     uninterrupted = final_weights(only_run(tmp_path / "a"))
-    resumed = _interrupted_then_resumed(tmp_path, common)
-    assert max_weight_diff(uninterrupted, final_weights(resumed)) <= 1e-6
-    state = json.loads((resumed / "checkpoints/checkpoint-6/trainer_state.json").read_text())
+    assert run_strata("train", *common, "--runs_dir", tmp_path / "b") == 0
+    interrupted = _crash_after_step_3(tmp_path / "b")
+    shutil.copytree(tmp_path / "b", tmp_path / "c")  # the same crashed run, for the control below
+    assert run_strata("train", *common, "--runs_dir", tmp_path / "b", "--resume_from_checkpoint", "latest") == 0
+    assert max_weight_diff(uninterrupted, final_weights(interrupted)) <= 1e-6
+    state = json.loads((interrupted / "checkpoints/checkpoint-6/trainer_state.json").read_text())
     assert state["global_step"] == 6
     # Control: the same resume without restoring the data position (steps 4-6 read batches 1-3 again) differs,
     # so the comparison above can fail.
@@ -234,8 +235,8 @@ def test_resumed_stream_equals_the_uninterrupted_run(tmp_path, monkeypatch):
         return arguments
 
     monkeypatch.setattr(run_module, "training_arguments", no_data_skip)
-    wrong = _interrupted_then_resumed(tmp_path / "c", common)
-    assert max_weight_diff(uninterrupted, final_weights(wrong)) > 1e-4
+    assert run_strata("train", *common, "--runs_dir", tmp_path / "c", "--resume_from_checkpoint", "latest") == 0
+    assert max_weight_diff(uninterrupted, final_weights(only_run(tmp_path / "c"))) > 1e-4
 
 
 def test_two_processes_see_the_rows_of_one_process_with_twice_the_batch(tmp_path):
