@@ -75,6 +75,13 @@ class DataArguments:
     use_packing: bool = field(
         default=False, metadata={"help": "Pack several examples per row (position ids restart, no cross-attention)."}
     )
+    streaming: str = field(
+        default="auto",
+        metadata={"help": "Read the training data as a stream (datasets' IterableDataset), tokenized and packed on "
+                  "the fly: auto (on for corpora too large to download) | true (also just --streaming) | false. "
+                  "Needs --max_steps; pretraining only.",
+                  "nargs": "?", "const": "true"},
+    )
 
 
 @dataclass
@@ -326,6 +333,9 @@ def parse_run_config(argv: list[str] | None = None, prog: str = "strata train") 
     if config.train.mode in MODES:  # an unknown mode is validate()'s to report
         check_flags_for_mode(config.train.mode, given)
     validate(config)
+    from strata.data.streaming import check_streaming_flags
+
+    check_streaming_flags(config, given)
     return config
 
 

@@ -48,12 +48,18 @@ def load_config_file(path: str, classes: tuple[type, ...]) -> dict[str, Any]:
             f"unknown key(s) in {path}: {', '.join(unknown)}; use the flag names of `strata train --help`"
         )
     hints = {name: hint for cls in classes for name, hint in typing.get_type_hints(cls).items()}
+    for key in TRI_STATE_KEYS & set(values):  # YAML reads `streaming: true` as a bool; the flag is auto|true|false
+        if isinstance(values[key], bool):
+            values[key] = str(values[key]).lower()
     for key, value in values.items():
         expected = _type_mismatch(value, hints[key])
         if expected:
             raise StrataError(f"config file {path}: {key}: {value!r} is not {expected}; fix the value "
                               "(see `strata train --help`)")
     return values
+
+
+TRI_STATE_KEYS = {"streaming"}  # string flags whose values include true/false
 
 
 def _type_mismatch(value: Any, hint: Any) -> str | None:

@@ -40,6 +40,7 @@ FLAG_MODES: dict[str, tuple[frozenset[str], str]] = {
     "max_train_examples": (ALL, ""),
     "max_eval_examples": (ALL, ""),
     "use_packing": (TRAINER, "GRPO generates its rows; there is nothing to pack"),
+    "streaming": (frozenset({"pretrain"}), "fine-tuning splits are loaded whole; cap them with --max_train_examples"),
     # --- model
     "model": (ALL, ""),
     "init": (ALL, ""),

@@ -29,19 +29,28 @@ class EvalSource:
 
 @dataclass
 class Examples:
-    """Formatted examples: ``prompt``/``completion`` (sft, rl) or ``text`` (pretrain)."""
+    """Formatted examples: ``prompt``/``completion`` (sft, rl) or ``text`` (pretrain).
 
-    train: datasets.Dataset
+    With ``streaming`` (``--streaming``, strata.data.streaming) ``train`` is a never-ending
+    ``datasets.IterableDataset``; the eval sets are always regular Datasets.
+    """
+
+    train: datasets.Dataset | datasets.IterableDataset
     evals: list[EvalSource]
     family: str
     tag: str
     sources: list[dict[str, Any]] = field(default_factory=list)
+    streaming: bool = False
 
     @property
     def label_words(self) -> list[str] | None:
         return self.evals[0].label_words if self.evals else None
 
     def training_texts(self) -> list[str]:
+        if self.streaming:  # a tokenizer trained at start-up sees the stream's leading documents
+            from strata.data.streaming import sample_texts
+
+            return sample_texts(self.train)
         if "text" in self.train.column_names:
             return list(self.train["text"])
         return [p + c for p, c in zip(self.train["prompt"], self.train["completion"])]
@@ -51,7 +60,10 @@ def load_examples(data: DataArguments, mode: str, seed: int) -> Examples:
     """Load, format and (for --datasets) mix the train split; keep each source's eval split apart."""
     from strata.data.formatting import load_formatted
     from strata.data.mixture import mix, mixture_tag
+    from strata.data.streaming import load_stream_examples, uses_streaming
 
+    if uses_streaming(data, mode):
+        return load_stream_examples(data, mode, seed)
     ids, configs, rates, train_splits, eval_splits = _source_flags(data)
     trains, evals, sources, tags, families = [], [], [], [], []
     for dataset_id, config, train_split, eval_split in zip(ids, configs, train_splits, eval_splits):
@@ -96,6 +108,10 @@ def load_examples(data: DataArguments, mode: str, seed: int) -> Examples:
 def load_eval_sources(data: DataArguments, mode: str, seed: int) -> list[tuple[EvalSource, str]]:
     """The evaluation sources ``load_examples`` gives training (same rows, same order), each with its
     split, without loading any training split: what ``strata eval RUN`` scores to reproduce a run."""
+    from strata.data.streaming import stream_eval_sources, uses_streaming
+
+    if uses_streaming(data, mode):
+        return stream_eval_sources(data, mode)
     ids, configs, _rates, _train_splits, eval_splits = _source_flags(data)
     out = []
     for dataset_id, config, eval_split in zip(ids, configs, eval_splits):
@@ -184,7 +200,7 @@ class TokenizedData:
     train: datasets.Dataset
     eval: datasets.Dataset | None
     collator: Any
-    loss_tokens: int  # label-bearing tokens in the training set (for the docs' token budget)
+    loss_tokens: int | None  # label-bearing tokens in the training set (None for a stream: not known ahead)
 
 
 def tokenize_examples(examples: Examples, tokenizer, kind: str, data: DataArguments, mode: str,
@@ -198,6 +214,10 @@ def tokenize_examples(examples: Examples, tokenizer, kind: str, data: DataArgume
     from strata.data.packing import pack_examples
     from strata.data.tokenization import tokenize_completions, tokenize_pretraining, tokenize_seq2seq
 
+    if examples.streaming:
+        from strata.data.streaming import tokenize_stream_examples
+
+        return tokenize_stream_examples(examples, tokenizer, kind, data)
     if kind == "seq2seq":
         if mode == "pretrain":
             raise StrataError(

@@ -7,6 +7,7 @@ with ``datasets.map`` and turns rows that do not fit into one error message (see
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -153,6 +154,21 @@ def tokenize_pretraining(
     use ``PaddingCollator`` or drop it if you need fixed shapes. ``labels`` equal ``input_ids``.
     """
     _require_columns(dataset, ("text",), "tokenize_pretraining")
+    encode = pretraining_encoder(tokenizer, max_length)
+    return dataset.map(
+        encode,
+        batched=True,
+        batch_size=batch_size,
+        num_proc=num_proc,
+        remove_columns=dataset.column_names,
+        desc="Tokenizing and chunking text",
+    )
+
+
+def pretraining_encoder(tokenizer: Any, max_length: int) -> Callable[[dict[str, list]], dict[str, list]]:
+    """The batched ``map`` function of :func:`tokenize_pretraining`: documents of one batch joined with EOS
+    and cut into ``max_length`` rows. Shared with the streaming path (``strata.data.streaming``) so a
+    streamed corpus is cut into exactly the rows a loaded one is, batch by batch."""
     if max_length < 2:
         raise StrataError(f"max_length={max_length} is too small; use at least 2")
     eos = special_tokens(tokenizer).require_eos(tokenizer)
@@ -171,11 +187,4 @@ def tokenize_pretraining(
         chunks = [c for c in chunks if len(c) >= 2]  # a 1-token row predicts nothing
         return {"input_ids": chunks, "labels": [list(c) for c in chunks]}
 
-    return dataset.map(
-        encode,
-        batched=True,
-        batch_size=batch_size,
-        num_proc=num_proc,
-        remove_columns=dataset.column_names,
-        desc="Tokenizing and chunking text",
-    )
+    return encode

@@ -83,8 +83,7 @@ def train(config: RunConfig) -> RunResult:
 
     examples = load_examples(data_args, train_args.mode, train_args.data_order_seed())
     check_stratum_sources(planned_config(config), examples, config)  # before a run folder exists
-    say(f"data {examples.tag}: {len(examples.train):,} training examples ({examples.family}); "
-        + ", ".join(f"{e.name} eval {len(e.dataset):,}" for e in examples.evals))
+    say(_data_line(examples))
 
     length = (f"{train_args.max_prompt_length}+{train_args.max_completion_length}" if train_args.mode == "rl"
               else data_args.max_length)  # RL does not use --max_length
@@ -380,9 +379,20 @@ def _run_summary(config: RunConfig, examples: Examples, loaded: LoadedModel, tok
         "trainable_parameters": loaded.trainable_params, "attention": loaded.attn_implementation,
         "device": loaded.device, "precision": loaded.precision, "precision_as_run": loaded.precision_description,
         "world_size": dist.world_size, "process_group_backend": process_group_backend(),
-        "token_budget": token_budget(config, dist.world_size), "train_rows": len(tokenized.train),
-        "loss_bearing_tokens": tokenized.loss_tokens,
+        "token_budget": token_budget(config, dist.world_size),
+        # A stream's rows are the ones the steps read (max_steps x global batch); its loss tokens are not counted ahead.
+        "train_rows": _rows_needed(config, dist) if examples.streaming else len(tokenized.train),
+        "loss_bearing_tokens": tokenized.loss_tokens, "streaming": examples.streaming,
     }
+
+
+def _data_line(examples: Examples) -> str:
+    if examples.streaming:
+        return (f"data {examples.tag}: streamed ({examples.family}; training rows made on the fly); "
+                + ", ".join(f"{e.name} eval: the first {len(e.dataset):,} rows of its eval stream"
+                            for e in examples.evals))
+    return (f"data {examples.tag}: {len(examples.train):,} training examples ({examples.family}); "
+            + ", ".join(f"{e.name} eval {len(e.dataset):,}" for e in examples.evals))
 
 
 def _report(say, metrics: dict[str, Any], folder: RunFolder) -> None:
