@@ -402,8 +402,10 @@ def apply_lora(model: PreTrainedModel, args: ModelArguments, kind: str) -> PreTr
     try:
         return get_peft_model(model, config)
     except ValueError as error:
-        raise StrataError(f"LoRA could not attach to {model.config.model_type}: {str(error).splitlines()[0]}; "
-                          "name modules with --lora_target_modules") from error
+        reason = str(error).splitlines()[0]
+        # peft wraps MoE routers/experts (3-D parameters) in ParamWrapper, which has no dropout.
+        fix = "pass --lora_dropout 0" if "lora_dropout" in reason else "name modules with --lora_target_modules"
+        raise StrataError(f"LoRA could not attach to {model.config.model_type}: {reason}; {fix}") from error
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:

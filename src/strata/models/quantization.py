@@ -218,6 +218,13 @@ def prepare_quantized(model, quant: QuantPlan) -> list[str]:
     """
     from peft import prepare_model_for_kbit_training
 
+    bnb = import_bitsandbytes()
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            # On AVX512-BF16 CPUs the first no-grad eval forward repacks the weights in place for a bf16 gemv
+            # kernel, and every later *training* forward then runs that inference kernel: bf16 instead of the
+            # chosen compute dtype, and different gradients after the first evaluation. Keep the one path.
+            module.support_avx512bf16_for_cpu = False
     experts = quantize_fused_experts(model, quant) if fused_expert_parameters(model) else 0
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     counts = quantized_layer_counts(model)
