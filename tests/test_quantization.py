@@ -307,6 +307,10 @@ def test_cli_qlora_run_reloads_on_a_quantized_base_with_peft_alone(saved, tmp_pa
     adapter = json.loads((run / "final" / "adapter_config.json").read_text())
     assert adapter["base_model_name_or_path"] == str(saved["llama"].resolve())
     assert not (run / "base_model").exists()
+    # `strata eval RUN` scores the adapters on the base quantized as in training: the run's own numbers.
+    assert run_strata("eval", run) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["accuracy"] == pytest.approx(metrics(run)["eval"]["eval_accuracy"], abs=1e-9)
     reloaded = subprocess.run([sys.executable, "-c", RELOAD, str(run / "final")], capture_output=True, text=True,
                               timeout=300, check=True)
     result = json.loads(reloaded.stdout.strip().splitlines()[-1])

@@ -475,8 +475,12 @@ def load_for_training(args: ModelArguments, mirror: str | None, *, train_texts: 
     return loaded
 
 
-def load_trained(path: str, mirror: str | None = None, device: str = "auto"):
-    """Load a trained model folder (a run's final/, merged/ or an adapter folder) for evaluation."""
+def load_trained(path: str, mirror: str | None = None, device: str = "auto", quantization: QuantPlan | None = None):
+    """Load a trained model folder (a run's final/, merged/ or an adapter folder) for evaluation.
+
+    ``quantization``: adapters trained on a 4/8-bit base are evaluated on the base quantized the same way, so
+    `strata eval RUN` reproduces the run's own numbers.
+    """
     register_strata_models()
     folder = Path(path)
     if folder.is_dir() and not (folder / "adapter_config.json").exists() and not (folder / "config.json").exists():
@@ -490,13 +494,22 @@ def load_trained(path: str, mirror: str | None = None, device: str = "auto"):
         # The base named relative to the adapter folder (a run's ../base_model), not to the working directory.
         base_path = resolve_adapter_base(folder, mirror)
         base_config = read_model_config(base_path)
-        base = _auto_class(architecture_kind(base_config)).from_pretrained(base_path)
+        auto_class = _auto_class(architecture_kind(base_config))
+        if quantization is not None:
+            device = resolve_device(device)
+            base = auto_class.from_pretrained(base_path, quantization_config=quantization.bnb_config(),
+                                              device_map={"": "cpu"} if device == "cpu" else None)
+            prepare_quantized(base, quantization)
+        else:
+            base = auto_class.from_pretrained(base_path)
         model = PeftModel.from_pretrained(base, str(folder))
     else:
         resolved = resolve_model_path(path, mirror)
         config = read_model_config(resolved)
         model = _auto_class(architecture_kind(config)).from_pretrained(resolved)
     tokenizer = _finish_tokenizer(AutoTokenizer.from_pretrained(str(folder) if folder.is_dir() else path))
-    model.to(resolve_device(device)).eval()
+    if quantization is None:  # bitsandbytes placed quantized weights already
+        model.to(resolve_device(device))
+    model.eval()
     return model, tokenizer
 

@@ -130,8 +130,11 @@ def check_quantization_flags(args, device: str, init: str | None, moe: bool | No
 def check_quantization(args, plan, device: str, precision: str) -> QuantPlan | None:
     """Return the QuantPlan for the flags, or None; refuse impossible requests before loading."""
     flag = check_quantization_flags(args, device, plan.init, plan.is_moe)
-    if flag is None:
-        return None
+    return None if flag is None else plan_for_flag(flag, precision)
+
+
+def plan_for_flag(flag: str, precision: str) -> QuantPlan:
+    """The QuantPlan of one flag (training, and `strata eval` of a run trained with it)."""
     moe = flag.startswith("moe_")
     # An explicit skip list replaces transformers' default one, so it must name the LM head itself.
     skip = [*ROUTER_PATTERNS, "lm_head"] if moe else None
