@@ -252,6 +252,28 @@ def test_an_evaluation_pass_does_not_change_later_training_gradients(saved):
         torch.testing.assert_close(after_eval[name], grad, atol=0, rtol=0)
 
 
+@pytest.mark.parametrize(("name", "flag"), [("llama", "load_in_4bit"), ("mixtral", "moe_load_in_8bit")])
+def test_gradient_checkpointing_gives_the_same_gradients(saved, name, flag):
+    """Recomputing the quantized forward (experts dequantized again, the parametrization cache hooks run
+    twice) must give the gradients of the plain backward, and leave torch's parametrize cache switched off."""
+    grads = []
+    for checkpointing in (False, True):
+        args = ModelArguments(model=str(saved[name]), use_lora=True, lora_dropout=0.0, device="cpu",
+                              precision="fp32", gradient_checkpointing=checkpointing, **{flag: True})
+        model = load_for_training(args, None, log=lambda _line: None).model.train()
+        with torch.no_grad():
+            for param_name, param in model.named_parameters():
+                if "lora_B" in param_name:
+                    param.normal_(std=0.1, generator=torch.Generator().manual_seed(3))
+        ids = torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(1))
+        model(input_ids=ids, labels=ids).loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+    assert grads[0].keys() == grads[1].keys()
+    for key, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][key], grad, atol=1e-6, rtol=1e-5)
+    assert parametrize._cache_enabled == 0
+
+
 @pytest.mark.parametrize(("args", "fragment"), [
     (["--model", "llama-tiny", "--load_in_4bit", "--use_lora"],
      "--load_in_4bit quantizes pretrained weights; a model built from its config (scratch) has none to quantize"),
