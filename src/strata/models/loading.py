@@ -450,8 +450,10 @@ def load_for_training(args: ModelArguments, mirror: str | None, *, train_texts: 
                         device=device)
     notes = [f"tokenizer: {tok_source}"]
     if quantization is not None:
-        notes += prepare_quantized(model, quantization)
-        log(notes[-1])
+        quant_notes = prepare_quantized(model, quantization)
+        notes += quant_notes
+        for line in quant_notes:
+            log(line)
     if plan.is_moe and hasattr(model.config, "output_router_logits"):
         # MoE: the router auxiliary (load-balancing) loss is only added when router logits are returned.
         model.config.output_router_logits = True

@@ -234,6 +234,9 @@ def prepare_quantized(model, quant: QuantPlan) -> list[str]:
     notes = [f"quantization: {quant.description}; {counts['linear']} linear layers quantized"
              + (f", {experts:,} fused expert weights quantized" if experts else "")
              + f", {counts['full_linear']} linear layers full precision"]
+    if quant.bits == 8 and next(model.parameters()).device.type == "cpu":
+        notes.append("8-bit on a CPU: training matmuls dequantize the weights; evaluation runs bitsandbytes' "
+                     "LLM.int8() matmul (inputs cast to fp16 and quantized per row), ~1% relative apart in logits")
     return notes
 
 
