@@ -49,6 +49,9 @@ def saved(tmp_path_factory) -> dict[str, object]:
         torch.manual_seed(0)
         AutoModelForCausalLM.from_config(config).save_pretrained(root / name)
         paths[name] = root / name
+    # A bf16 checkpoint loads and trains the same way (leftovers upcast to fp32, experts in the compute dtype).
+    AutoModelForCausalLM.from_pretrained(root / "mixtral", dtype=torch.bfloat16).save_pretrained(root / "mixtral-bf16")
+    paths["mixtral-bf16"] = root / "mixtral-bf16"
     return paths
 
 
@@ -204,7 +207,7 @@ def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize(("name", "flag"), [("llama", "load_in_4bit"), ("llama", "load_in_8bit"),
-                                            ("mixtral", "moe_load_in_4bit")])
+                                            ("mixtral", "moe_load_in_4bit"), ("mixtral-bf16", "moe_load_in_8bit")])
 def test_qlora_steps_move_only_lora_and_lower_the_loss(saved, name, flag):
     loaded = load(saved[name], flag)
     model = loaded.model.train()

@@ -200,8 +200,8 @@ def quantize_fused_experts(model: nn.Module, quant: QuantPlan) -> int:
     for _name, module, param_name in fused_expert_parameters(model):
         param = getattr(module, param_name)
         count += param.numel()
-        # Dequantized experts come back in the dtype they were quantized from: make that the compute dtype, so a
-        # bf16 checkpoint's experts meet the fp32 activations prepare_model_for_kbit_training leads to.
+        # Dequantized experts come back in the dtype they were quantized from: make that the compute dtype,
+        # whatever dtype the checkpoint or the loader left them in.
         param.data = param.data.to(quant.compute_dtype)
         if quant.bits == 4:
             replace_parameter_4bit(module, param_name, quant_type="nf4", blocksize=NF4_BLOCKSIZE)
