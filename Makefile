@@ -13,7 +13,7 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 LOCK ?= constraints.txt
-EXTRAS ?= dev
+EXTRAS ?= dev,quant
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.strata-installed
 PIP_QUIET := --quiet --disable-pip-version-check

@@ -109,23 +109,29 @@ class ModelArguments:
     )
     merge_lora: bool = field(default=False, metadata={"help": "Also save the LoRA-merged model in merged/."})
     attn_implementation: str = field(
-        default="auto", metadata={"help": "auto | eager | sdpa | flash_attention_2."}
+        default="auto", metadata={"help": "auto | eager | sdpa | flash_attention_2 (an error where flash-attention "
+                                          "cannot run: no CUDA or no flash-attn)."}
     )
     use_flash_attention: bool = field(
-        default=False, metadata={"help": "Shorthand for --attn_implementation flash_attention_2."}
+        default=False, metadata={"help": "flash_attention_2 where it can run (CUDA + flash-attn); elsewhere one warning "
+                                          "and sdpa (eager on MPS), recorded in metrics.json and TensorBoard."}
     )
     precision: str = field(
         default="auto", metadata={"help": "auto | bf16 | fp16 | fp32 (auto: bf16 on CUDA with bf16, else fp16; on CPU bf16 with AMX, else fp32). "
                                   "--fp16 / --bf16 are the same as --precision fp16 / bf16."}
     )
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations to save memory."})
-    load_in_4bit: bool = field(default=False, metadata={"help": "Load weights in 4-bit (bitsandbytes, CUDA)."})
-    load_in_8bit: bool = field(default=False, metadata={"help": "Load weights in 8-bit (bitsandbytes, CUDA)."})
+    load_in_4bit: bool = field(default=False, metadata={
+        "help": "Load pretrained weights in 4-bit NF4 (bitsandbytes, CUDA or CPU) and train --use_lora on top (QLoRA)."})
+    load_in_8bit: bool = field(default=False, metadata={
+        "help": "Load pretrained weights in 8-bit int8 (bitsandbytes, CUDA or CPU) and train --use_lora on top."})
     moe_load_in_4bit: bool = field(
-        default=False, metadata={"help": "4-bit loading for an MoE model, keeping routers in full precision."}
+        default=False, metadata={"help": "4-bit loading for an MoE model: the experts (fused 3-D ones too) "
+                                          "quantized, routers and lm_head kept full precision; needs --use_lora."}
     )
     moe_load_in_8bit: bool = field(
-        default=False, metadata={"help": "8-bit loading for an MoE model, keeping routers in full precision."}
+        default=False, metadata={"help": "8-bit loading for an MoE model: the experts (fused 3-D ones too) "
+                                          "quantized, routers and lm_head kept full precision; needs --use_lora."}
     )
     device: str = field(default="auto", metadata={"help": "auto | cuda | mps | cpu."})
     stratified_type: str | None = field(

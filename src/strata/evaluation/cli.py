@@ -85,7 +85,9 @@ def run_eval(argv: list[str]) -> int:
     if mode == "rl":
         mode = "sft"
     # The model first: a folder without one fails before any data loads.
-    model, tokenizer = load_trained(str(_model_folder(Path(target))), data.hub_mirror, options.device)
+    model, tokenizer = load_trained(str(_model_folder(Path(target))), data.hub_mirror, options.device,
+                                    quantization=_run_quantization(run_args, _model_folder(Path(target)),
+                                                                   options.device))
     sources = load_eval_sources(data, mode, seed)
     per_source: dict[str, dict[str, Any]] = {}
     for source, _split in sources:
@@ -115,6 +117,17 @@ def run_eval(argv: list[str]) -> int:
         Path(out).write_text(text + "\n")
     print(json.dumps({"dataset": tag, "split": result["split"], **flat}, indent=2))
     return 0
+
+
+def _run_quantization(run_args: dict[str, Any], folder: Path, device: str):
+    """A run trained with --load_in_4bit/8bit: its adapters are scored on the base quantized the same way."""
+    from strata.models.loading import resolve_device, resolve_precision
+    from strata.models.quantization import QUANT_FLAGS, plan_for_flag
+
+    flag = next((name for name in QUANT_FLAGS if run_args.get(name)), None)
+    if flag is None or not (folder / "adapter_config.json").is_file():
+        return None
+    return plan_for_flag(flag, resolve_precision(run_args.get("precision", "auto"), resolve_device(device)))
 
 
 def _run_args(target: Path) -> dict[str, Any]:

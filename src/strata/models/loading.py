@@ -18,7 +18,6 @@ from transformers import (
     AutoModelForCausalLM,
     AutoModelForSeq2SeqLM,
     AutoTokenizer,
-    ByT5Tokenizer,
     PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
@@ -27,10 +26,22 @@ from transformers import (
 from strata.config import ModelArguments
 from strata.errors import StrataError
 from strata.hub import resolve_model_path
+from strata.models.attention import AttentionChoice, actual_attention, resolve_attention
 from strata.models.presets import Preset, get_preset
+from strata.models.quantization import (
+    QuantPlan,
+    check_quantization,
+    describe_quantized_size,
+    import_bitsandbytes,
+    logical_numel,
+    prepare_quantized,
+)
 from strata.models.registration import register_strata_models
+from strata.models.tokenizers import _finish_tokenizer, load_tokenizer, train_bpe_tokenizer
 
 logger = logging.getLogger(__name__)
+__all__ = ["AttentionChoice", "LoadedModel", "ModelPlan", "load_for_training", "load_trained", "resolve_attention",
+           "train_bpe_tokenizer"]
 
 ENCODER_ONLY_TYPES = {
     "bert", "roberta", "deberta", "deberta-v2", "distilbert", "albert", "electra", "xlm-roberta",
@@ -59,6 +70,14 @@ class LoadedModel:
     total_params: int
     trainable_params: int
     notes: list[str] = field(default_factory=list)
+    attn_fallback: str | None = None  # why --use_flash_attention fell back, when it did
+    quantization: QuantPlan | None = None
+
+    @property
+    def attention_description(self) -> str:
+        """What ran and what was asked, e.g. "sdpa (requested flash_attention_2; fell back: ...)"."""
+        text = f"{self.attn_implementation} (requested {self.attn_requested}"
+        return text + (f"; fell back: {self.attn_fallback})" if self.attn_fallback else ")")
 
     @property
     def trainable_percent(self) -> float:
@@ -136,31 +155,6 @@ def describe_precision(precision: str, model: torch.nn.Module) -> str:
     return f"{precision} autocast{scaling}, {weights} weights"
 
 
-def resolve_attention(args: ModelArguments, device: str) -> str:
-    """The attention implementation to *request*; the model reports what it actually uses."""
-    requested = "flash_attention_2" if args.use_flash_attention else args.attn_implementation
-    has_flash = _flash_attn_installed()
-    if requested == "flash_attention_2":
-        if device != "cuda":
-            raise StrataError(f"flash_attention_2 needs a CUDA GPU (device is {device}); "
-                              "use --attn_implementation sdpa")
-        if not has_flash:
-            raise StrataError("flash_attention_2 needs the flash-attn package; pip install flash-attn "
-                              "or use --attn_implementation sdpa")
-        return requested
-    if requested == "auto":
-        if device == "cuda" and has_flash:
-            return "flash_attention_2"
-        return "eager" if device == "mps" else "sdpa"
-    return requested
-
-
-def _flash_attn_installed() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("flash_attn") is not None
-
-
 # ---------------------------------------------------------------------------- configs
 def architecture_kind(config: PretrainedConfig) -> str:
     """causal or seq2seq; encoder-only models are refused with the reason."""
@@ -185,13 +179,18 @@ def _auto_class(kind: str):
 
 def count_parameters_from_config(config: PretrainedConfig, kind: str) -> int | None:
     """Exact parameter count without allocating weights (built on the meta device)."""
+    model = meta_model(config, kind)
+    return None if model is None else sum(p.numel() for p in model.parameters())
+
+
+def meta_model(config: PretrainedConfig, kind: str) -> PreTrainedModel | None:
+    """The model built on the meta device (shapes, no memory), or None where the config cannot build one."""
     register_strata_models()
     try:
         with torch.device("meta"):
-            model = _auto_class(kind).from_config(config)
-        return sum(p.numel() for p in model.parameters())
+            return _auto_class(kind).from_config(config)
     except Exception as error:  # noqa: BLE001 - an estimate must never stop a run
-        logger.debug("parameter count from config failed: %s", error)
+        logger.debug("building %s on the meta device failed: %s", config.model_type, error)
         return None
 
 
@@ -205,69 +204,6 @@ def describe_size(num_params: int | None) -> str:
         return "parameters: unknown"
     mem = ", ".join(f"{fmt} {gib:.3f} GiB" for fmt, gib in memory_estimate(num_params).items())
     return f"parameters: {num_params:,} ({num_params / 1e6:.2f}M); weights: {mem}"
-
-
-# ---------------------------------------------------------------------------- tokenizers
-def byte_tokenizer() -> PreTrainedTokenizerBase:
-    """ByT5's byte-level tokenizer needs no files: the offline default."""
-    return ByT5Tokenizer()
-
-
-def _has_tokenizer_files(path: Path) -> bool:
-    names = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "spiece.model", "tokenizer.model")
-    return path.is_dir() and any((path / name).exists() for name in names)
-
-
-def load_tokenizer(args: ModelArguments, model_path: str | None, preset: Preset | None,
-                   mirror: str | None) -> tuple[PreTrainedTokenizerBase, str]:
-    """Return the tokenizer and where it came from (--tokenizer, the model's files, a preset, bytes)."""
-    if args.tokenizer:
-        if args.tokenizer == "byte":
-            return byte_tokenizer(), "byte-level (ByT5)"
-        path = resolve_model_path(args.tokenizer, mirror)
-        return _finish_tokenizer(AutoTokenizer.from_pretrained(path)), f"--tokenizer {path}"
-    if model_path is not None and _has_tokenizer_files(Path(model_path)):
-        return _finish_tokenizer(AutoTokenizer.from_pretrained(model_path)), f"model files {model_path}"
-    if preset is not None and preset.tokenizer != "byte":
-        try:
-            path = resolve_model_path(preset.tokenizer, mirror)
-            if Path(path).is_dir():
-                return _finish_tokenizer(AutoTokenizer.from_pretrained(path)), f"{preset.tokenizer} from {path}"
-        except StrataError as error:
-            logger.warning("preset %s prefers the %s tokenizer, which is not available (%s); using bytes",
-                           preset.name, preset.tokenizer, error)
-    return byte_tokenizer(), "byte-level (ByT5)"
-
-
-def _finish_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
-    """Give tokenizers without a pad token (GPT-2) one; collators mask labels by attention, not id."""
-    if tokenizer.pad_token is None:
-        if tokenizer.eos_token is None:
-            raise StrataError("the tokenizer has neither a pad nor an eos token; pass a --tokenizer that has one")
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
-def train_bpe_tokenizer(spec: str, texts: list[str], out_dir: Path) -> PreTrainedTokenizerBase:
-    """``--train_tokenizer bpe:8192``: a byte-level BPE tokenizer trained on the training split."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    kind, _, size = spec.partition(":")
-    if kind != "bpe" or not size.isdigit() or int(size) < 300:
-        raise StrataError(f"--train_tokenizer {spec!r} is not understood; use bpe:<vocab size>, e.g. bpe:8192")
-    specials = ["<pad>", "</s>", "<unk>"]
-    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=int(size), special_tokens=specials,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tokenizer.train_from_iterator(texts, trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>",
-                                   unk_token="<unk>")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fast.save_pretrained(out_dir)
-    return fast
 
 
 # ---------------------------------------------------------------------------- models
@@ -423,35 +359,8 @@ def _set_dropout(config: PretrainedConfig, dropout: float) -> None:
             setattr(config, key, dropout)
 
 
-def check_quantization(args: ModelArguments, plan: ModelPlan, device: str):
-    """Return a BitsAndBytesConfig, or None; refuse impossible requests before loading."""
-    want4 = args.load_in_4bit or args.moe_load_in_4bit
-    want8 = args.load_in_8bit or args.moe_load_in_8bit
-    if not (want4 or want8):
-        return None
-    flag = next(name for name in ("load_in_4bit", "load_in_8bit", "moe_load_in_4bit", "moe_load_in_8bit")
-                if getattr(args, name))
-    if device != "cuda":
-        raise StrataError(f"--{flag} needs a CUDA GPU (bitsandbytes); device is {device}: drop the flag")
-    if (args.moe_load_in_4bit or args.moe_load_in_8bit) and not plan.is_moe:
-        raise StrataError(f"--{flag} is for MoE models and {plan.source} has no experts; use --load_in_4bit/8bit")
-    if plan.init != "pretrained":
-        raise StrataError(f"--{flag} quantizes pretrained weights; a scratch model has none to quantize")
-    import importlib.util
-
-    if importlib.util.find_spec("bitsandbytes") is None:
-        raise StrataError(f"--{flag} needs bitsandbytes: pip install bitsandbytes (or pip install 'strata[quant]')")
-    from transformers import BitsAndBytesConfig
-
-    # MoE: keep routers (gates) in full precision; quantized routing decisions are unstable.
-    skip = ["gate", "router", "lm_head"] if plan.is_moe else None
-    if want4:
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.bfloat16,
-                                  bnb_4bit_quant_type="nf4", llm_int8_skip_modules=skip)
-    return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
-
-
-def instantiate(plan: ModelPlan, attn: str, quantization=None, auto_attention: bool = True) -> PreTrainedModel:
+def instantiate(plan: ModelPlan, attn: str, quantization: QuantPlan | None = None, auto_attention: bool = True,
+                device: str = "cpu") -> PreTrainedModel:
     """Build (scratch) or load (pretrained) the model; fall back from sdpa to eager only under auto."""
     auto_class = _auto_class(plan.kind)
 
@@ -462,7 +371,9 @@ def instantiate(plan: ModelPlan, attn: str, quantization=None, auto_attention: b
         if plan.init == "scratch":
             return auto_class.from_config(plan.config, **kwargs)
         if quantization is not None:
-            kwargs["quantization_config"] = quantization
+            kwargs["quantization_config"] = quantization.bnb_config()
+            # bitsandbytes places the weights where they are quantized: the CPU even when a GPU is visible.
+            kwargs["device_map"] = {"": "cpu"} if device == "cpu" else None
         try:
             return auto_class.from_pretrained(plan.model_path, config=plan.config, **kwargs)
         except OSError as error:
@@ -480,11 +391,6 @@ def instantiate(plan: ModelPlan, attn: str, quantization=None, auto_attention: b
         return build("eager")
 
 
-def actual_attention(model: PreTrainedModel) -> str:
-    impl = getattr(model.config, "_attn_implementation", None)
-    return str(impl) if impl else "none"
-
-
 def apply_lora(model: PreTrainedModel, args: ModelArguments, kind: str) -> PreTrainedModel:
     from peft import LoraConfig, TaskType, get_peft_model
 
@@ -496,12 +402,16 @@ def apply_lora(model: PreTrainedModel, args: ModelArguments, kind: str) -> PreTr
     try:
         return get_peft_model(model, config)
     except ValueError as error:
-        raise StrataError(f"LoRA could not attach to {model.config.model_type}: {str(error).splitlines()[0]}; "
-                          "name modules with --lora_target_modules") from error
+        reason = str(error).splitlines()[0]
+        # peft wraps MoE routers/experts (3-D parameters) in ParamWrapper, which has no dropout.
+        fix = "pass --lora_dropout 0" if "lora_dropout" in reason else "name modules with --lora_target_modules"
+        raise StrataError(f"LoRA could not attach to {model.config.model_type}: {reason}; {fix}") from error
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
-    total = sum(p.numel() for p in model.parameters())
+    """(total, trainable) weights; 4/8-bit storage counts the weights it holds, not its packed bytes."""
+    sizes = logical_numel(model)
+    total = sum(sizes.get(id(p), p.numel()) for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return total, trainable
 
@@ -512,7 +422,11 @@ def load_for_training(args: ModelArguments, mirror: str | None, *, train_texts: 
     """The whole model path of ``strata train``: decide, check, report, then build."""
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
-    attn = resolve_attention(args, device)
+    attention = resolve_attention(args, device)
+    if attention.fallback:
+        logger.warning("--use_flash_attention: %s; using %s attention instead", attention.fallback,
+                       attention.implementation)
+    attn = attention.implementation
     preset, path, _init = resolve_model_source(args, mirror)
     trained = args.train_tokenizer
     if trained is None and args.tokenizer is None and preset is not None and preset.tokenizer.startswith("bpe:"):
@@ -525,13 +439,21 @@ def load_for_training(args: ModelArguments, mirror: str | None, *, train_texts: 
     else:
         tokenizer, tok_source = load_tokenizer(args, path, preset, mirror)
     plan = plan_model(args, len(tokenizer), tokenizer, mirror, dropout=dropout)
-    quantization = check_quantization(args, plan, device)
-    log(f"model {plan.source} ({plan.kind}, init {plan.init}{', MoE' if plan.is_moe else ''}); "
-        f"{describe_size(plan.num_params)}")
+    quantization = check_quantization(args, plan, device, precision)
+    size = describe_size(plan.num_params)
+    if quantization is not None:
+        import_bitsandbytes()
+        size += "; " + describe_quantized_size(meta_model(plan.config, plan.kind), quantization)
+    log(f"model {plan.source} ({plan.kind}, init {plan.init}{', MoE' if plan.is_moe else ''}); {size}")
     torch.manual_seed(seed)
-    model = instantiate(plan, attn, quantization, auto_attention=args.attn_implementation == "auto"
-                        and not args.use_flash_attention)
+    model = instantiate(plan, attn, quantization, auto_attention=args.attn_implementation == "auto",
+                        device=device)
     notes = [f"tokenizer: {tok_source}"]
+    if quantization is not None:
+        quant_notes = prepare_quantized(model, quantization)
+        notes += quant_notes
+        for line in quant_notes:
+            log(line)
     if plan.is_moe and hasattr(model.config, "output_router_logits"):
         # MoE: the router auxiliary (load-balancing) loss is only added when router logits are returned.
         model.config.output_router_logits = True
@@ -545,17 +467,22 @@ def load_for_training(args: ModelArguments, mirror: str | None, *, train_texts: 
         model = apply_lora(model, args, plan.kind)
     total, trainable = count_parameters(model)
     loaded = LoadedModel(model=model, tokenizer=tokenizer, kind=plan.kind, source=plan.source, init=plan.init,
-                         device=device, precision=precision, attn_requested=attn,
+                         device=device, precision=precision, attn_requested=attention.requested,
                          attn_implementation=actual_attention(model), is_moe=plan.is_moe, total_params=total,
-                         trainable_params=trainable, notes=notes)
+                         trainable_params=trainable, notes=notes, attn_fallback=attention.fallback,
+                         quantization=quantization)
     log(f"trainable parameters: {trainable:,} of {total:,} ({loaded.trainable_percent:.2f}%); "
-        f"attention {loaded.attn_implementation} (requested {attn}); device {device}; "
+        f"attention {loaded.attention_description}; device {device}; "
         f"precision {loaded.precision_description}")
     return loaded
 
 
-def load_trained(path: str, mirror: str | None = None, device: str = "auto"):
-    """Load a trained model folder (a run's final/, merged/ or an adapter folder) for evaluation."""
+def load_trained(path: str, mirror: str | None = None, device: str = "auto", quantization: QuantPlan | None = None):
+    """Load a trained model folder (a run's final/, merged/ or an adapter folder) for evaluation.
+
+    ``quantization``: adapters trained on a 4/8-bit base are evaluated on the base quantized the same way, so
+    `strata eval RUN` reproduces the run's own numbers.
+    """
     register_strata_models()
     folder = Path(path)
     if folder.is_dir() and not (folder / "adapter_config.json").exists() and not (folder / "config.json").exists():
@@ -569,13 +496,22 @@ def load_trained(path: str, mirror: str | None = None, device: str = "auto"):
         # The base named relative to the adapter folder (a run's ../base_model), not to the working directory.
         base_path = resolve_adapter_base(folder, mirror)
         base_config = read_model_config(base_path)
-        base = _auto_class(architecture_kind(base_config)).from_pretrained(base_path)
+        auto_class = _auto_class(architecture_kind(base_config))
+        if quantization is not None:
+            device = resolve_device(device)
+            base = auto_class.from_pretrained(base_path, quantization_config=quantization.bnb_config(),
+                                              device_map={"": "cpu"} if device == "cpu" else None)
+            prepare_quantized(base, quantization)
+        else:
+            base = auto_class.from_pretrained(base_path)
         model = PeftModel.from_pretrained(base, str(folder))
     else:
         resolved = resolve_model_path(path, mirror)
         config = read_model_config(resolved)
         model = _auto_class(architecture_kind(config)).from_pretrained(resolved)
     tokenizer = _finish_tokenizer(AutoTokenizer.from_pretrained(str(folder) if folder.is_dir() else path))
-    model.to(resolve_device(device)).eval()
+    if quantization is None:  # bitsandbytes placed quantized weights already
+        model.to(resolve_device(device))
+    model.eval()
     return model, tokenizer
 

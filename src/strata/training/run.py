@@ -31,11 +31,14 @@ from strata.models.loading import (
     LoadedModel,
     check_architecture,
     config_from_flags,
+    is_moe,
     load_for_training,
     resolve_attention,
     resolve_device,
+    resolve_model_source,
     resolve_precision,
 )
+from strata.models.quantization import check_quantization_flags, quantization_record, requested_flag
 from strata.training.callbacks import RunMetadataCallback
 from strata.training.distributed import (
     DistInfo,
@@ -162,12 +165,11 @@ def preflight(config: RunConfig) -> None:
     config.data.hub_mirror = config.data.hub_mirror or os.environ.get("STRATA_HUB_MIRROR")
     device = resolve_device(config.model.device)
     resolve_precision(config.model.precision, device)
-    resolve_attention(config.model, device)
-    if config.model.load_in_4bit or config.model.load_in_8bit or config.model.moe_load_in_4bit \
-            or config.model.moe_load_in_8bit:
-        if device != "cuda":
-            raise StrataError(f"4/8-bit loading needs a CUDA GPU (bitsandbytes); device is {device}: "
-                              "drop --load_in_4bit/--load_in_8bit")
+    resolve_attention(config.model, device)  # its fallback warning is logged once, at load
+    if requested_flag(config.model) is not None:
+        _preset, _path, init = resolve_model_source(config.model, config.data.hub_mirror)
+        model_config = config_from_flags(config.model, config.data.hub_mirror)
+        check_quantization_flags(config.model, device, init, None if model_config is None else is_moe(model_config))
     if config.train.resume_from_checkpoint is None and config.train.output_dir:
         explicit_run_folder(config.train.output_dir, resuming=False)
     check_architecture(config.model, config.data.hub_mirror, use_packing=config.data.use_packing)
@@ -334,7 +336,8 @@ def _metadata(config: RunConfig, examples: Examples, loaded: LoadedModel,
         "config": config.to_dict(),
         "model": {"source": loaded.source, "init": loaded.init, "kind": loaded.kind,
                   "model_type": loaded.model.config.model_type, "moe": loaded.is_moe, "notes": loaded.notes},
-        "attention": f"{loaded.attn_implementation} (requested {loaded.attn_requested})",
+        "attention": loaded.attention_description,
+        "quantization": quantization_record(loaded.quantization) or "none (full-precision weights)",
         "device": f"{loaded.device} x{dist.world_size}",
         "precision": loaded.precision_description,
         "datasets": {"tag": examples.tag, "family": examples.family, "sources": examples.sources},
@@ -377,6 +380,8 @@ def _run_summary(config: RunConfig, examples: Examples, loaded: LoadedModel, tok
         "model_source": loaded.source, "total_parameters": loaded.total_params,
         "learning_rate": resolved_learning_rate(config.train.learning_rate, loaded.init),
         "trainable_parameters": loaded.trainable_params, "attention": loaded.attn_implementation,
+        "attention_requested": loaded.attn_requested, "attention_fallback": loaded.attn_fallback,
+        "quantization": quantization_record(loaded.quantization),
         "device": loaded.device, "precision": loaded.precision, "precision_as_run": loaded.precision_description,
         "world_size": dist.world_size, "process_group_backend": process_group_backend(),
         "token_budget": token_budget(config, dist.world_size),
