@@ -34,6 +34,16 @@ def test_models_lists_presets_with_exact_parameter_counts(capsys):
     expected = AutoModelForCausalLM.from_config(get_preset("llama-tiny").make_config(384)).num_parameters()
     line = next(line for line in out.splitlines() if line.startswith("llama-tiny "))
     assert f"{expected / 1e6:.2f}M" in line
-    for name in ("strata-tiny", "gpt2-124m", "gpt2-medium", "mixtral-tiny", "t5-tiny", "ttt-linear-125m",
+    for name in ("strata-tiny", "gpt2-124m", "gpt2-355m", "mixtral-tiny", "t5-tiny", "ttt-linear-125m",
                  "ttt-mlp-125m", "stratified-routing-tiny"):
         assert name in out
+
+
+def test_no_preset_shadows_a_hub_model_name():
+    """`--model gpt2-medium` (a seed command line) means the hub's pretrained model; a preset of that name
+    would silently train random weights instead."""
+    from strata.hub import MODEL_ALIASES
+    from strata.models.presets import all_presets
+
+    hub_names = set(MODEL_ALIASES) | set(MODEL_ALIASES.values())
+    assert not hub_names & set(all_presets())

@@ -100,7 +100,8 @@ _BUILTIN: tuple[Preset, ...] = (
     Preset("gpt2-tiny", "GPT-2 2x64 for tests", _gpt2(64, 2, 4)),
     Preset("gpt2-small-5m", "GPT-2 4x128 (~5M with the GPT-2 vocabulary)", _gpt2(128, 4, 4), tokenizer="gpt2"),
     Preset("gpt2-124m", "GPT-2 small: 12x768, 12 heads", _gpt2(768, 12, 12), tokenizer="gpt2"),
-    Preset("gpt2-medium", "GPT-2 medium: 24x1024, 16 heads", _gpt2(1024, 24, 16), tokenizer="gpt2"),
+    # Not "gpt2-medium": that is a hub model, and `--model gpt2-medium` must mean its pretrained weights.
+    Preset("gpt2-355m", "GPT-2 medium size: 24x1024, 16 heads", _gpt2(1024, 24, 16), tokenizer="gpt2"),
     Preset("qwen3-tiny", "Qwen3-style 2x64 decoder (QK-norm, GQA) for tests", _qwen3_tiny),
     Preset("mixtral-tiny", "Mixtral-style MoE: 4 experts, top-2, router aux loss", _mixtral_tiny),
     Preset("t5-tiny", "T5-style encoder-decoder 2+2x64 (prompt -> encoder, completion -> decoder)", _t5_tiny),
