@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import re
@@ -141,11 +142,21 @@ def outcome(rc: int | None, output: str) -> str:
     if rc == 0:
         return "ran"
     lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
+    if "Signal 9 (SIGKILL)" in output or rc in (-9, 137):
+        return (f"FAILED (exit {rc}): a worker was killed by SIGKILL (the kernel's out-of-memory killer on this "
+                f"{_memory_gib()} GiB machine)")
     message = next((ln for ln in reversed(lines) if ln.startswith("error:")), lines[-1] if lines else "")
     message = re.sub(r"\s+", " ", message)[:300]
     if rc == 2:
         return f"refused: {message}"
     return f"FAILED (exit {rc}): {message}"
+
+
+def _memory_gib() -> int:
+    try:
+        return round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30)
+    except (ValueError, OSError):
+        return 0
 
 
 def run_all(commands: list[SeedCommand], workdir: Path, timeout_s: int, verbose: bool) -> list[dict]:
@@ -220,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(REPO / "docs" / "results" / "seed_commands.md"))
     parser.add_argument("--timeout", type=int, default=900, help="seconds per command")
     parser.add_argument("--workdir", default=None, help="working folder (default: a new temporary one)")
+    parser.add_argument("--json", default=None, help="also write the rows as JSON here")
     args = parser.parse_args(argv)
     commands = extract_commands()
     if args.only:
@@ -228,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     start = time.time()
     rows = run_all(commands, workdir, args.timeout, verbose=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
     if not args.only:
         Path(args.out).write_text(markdown(rows, time.time() - start))
         print(f"wrote {args.out}")
