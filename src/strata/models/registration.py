@@ -7,8 +7,9 @@ After ``register_strata_models()``, ``AutoConfig``/``AutoModelForCausalLM`` know
 to import on a 2-core machine), far too slow for ``import strata`` or ``strata --help``, so the hook waits until
 the program itself imports transformers' auto-model module, and registers as soon as no transformers module is
 half-initialised (``transformers.modeling_layers`` imports the Auto classes at its top, for instance, and
-Strata's modeling code imports ``modeling_layers``): it watches transformers' own module imports (a meta-path
-finder that resolves them as the default one does) and registers when the last one in progress has finished.
+Strata's modeling code imports ``modeling_layers``), nor the Strata model packages themselves: it watches those
+imports (a meta-path finder that resolves them as the default one does) and registers when the last one in
+progress has finished.
 Strata's own loading code calls ``register_strata_models()`` directly and does not rely on the hook.
 """
 
@@ -25,6 +26,13 @@ _registered = False
 _registering = False  # registration imports modules, which re-enters the hook's find_spec
 _AUTO_MODULE = "transformers.models.auto.modeling_auto"
 _auto_ready = False  # the auto-model module has finished executing
+# Packages whose half-initialised state would break registration: transformers (Strata's modeling code imports
+# it) and the Strata modules `register_strata_models` imports by name.
+_WATCHED = ("transformers", "strata.models.ttt", "strata.models.stratified", "strata.errors")
+
+
+def _watched(name: str) -> bool:
+    return any(name == w or name.startswith(w + ".") for w in _WATCHED)
 
 
 def register_strata_models() -> None:
@@ -49,10 +57,10 @@ def register_strata_models() -> None:
     _remove_hook()
 
 
-def _transformers_mid_import(finished: str = "") -> bool:
-    """True while some transformers module (other than ``finished``) is still executing its body."""
+def _mid_import(finished: str = "") -> bool:
+    """True while some watched module (other than ``finished``) is still executing its body."""
     for name, module in list(sys.modules.items()):
-        if name == finished or not (name == "transformers" or name.startswith("transformers.")):
+        if name == finished or not _watched(name):
             continue
         spec = getattr(module, "__spec__", None)
         if spec is not None and getattr(spec, "_initializing", False):
@@ -61,11 +69,11 @@ def _transformers_mid_import(finished: str = "") -> bool:
 
 
 def _after_exec(name: str) -> None:
-    """Called when the body of transformers module `name` has run: register once nothing is half-built."""
+    """Called when the body of watched module `name` has run: register once nothing watched is half-built."""
     global _auto_ready
     if name == _AUTO_MODULE:
         _auto_ready = True
-    if _auto_ready and not (_registered or _registering) and not _transformers_mid_import(finished=name):
+    if _auto_ready and not (_registered or _registering) and not _mid_import(finished=name):
         register_strata_models()
 
 
@@ -89,10 +97,10 @@ def _watching(loader: importlib.abc.Loader) -> importlib.abc.Loader:
 
 
 class _RegistrationHook(importlib.abc.MetaPathFinder):
-    """Meta-path finder that watches transformers' own imports (it resolves them exactly as the default finder)."""
+    """Meta-path finder that watches the `_WATCHED` imports (it resolves them exactly as the default finder)."""
 
     def find_spec(self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None):
-        if _registered or not fullname.startswith("transformers."):
+        if _registered or not _watched(fullname):
             return None
         spec = importlib.machinery.PathFinder.find_spec(fullname, path, target)
         if spec is not None and spec.loader is not None and hasattr(spec.loader, "exec_module"):
@@ -113,7 +121,7 @@ def install_registration_hook() -> None:
     global _auto_ready
     if _registered:
         return
-    if _AUTO_MODULE in sys.modules and not _transformers_mid_import():
+    if _AUTO_MODULE in sys.modules and not _mid_import():
         _auto_ready = True
         register_strata_models()
         return

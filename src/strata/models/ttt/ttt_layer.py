@@ -5,13 +5,16 @@ Imports only torch and its siblings (relative): copied next to a saved checkpoin
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .configuration_ttt import TTTConfig
 from .ttt_cache import TTTCache, _SeqInfo
-from .ttt_ops import TTTState, _checkpointed_run, apply_rotary_interleaved, causal_depthwise_conv
+from .ttt_ops import TTTState, apply_rotary_interleaved, causal_depthwise_conv
+from .ttt_scan import _checkpointed_run, _mini_batch_spans, _span_complete, _span_inputs
 
 
 class TTTBase(nn.Module):
@@ -128,82 +131,22 @@ class TTTBase(nn.Module):
     ) -> tuple[torch.Tensor, TTTState]:
         """Mini-batch TTT over L tokens. xq/xk/xv [BH,L,d], lr [BH,L], tau [BH|1,L] -> Z [BH,L,d], state."""
         BH, L, d = xq.shape
-        H, K = self.num_heads, self.mini_batch_size
+        H = self.num_heads
         gamma = self.ttt_norm_weight.to(xq.dtype).repeat(BH // H, 1)[:, None]  # [BH, 1, d]
         beta = self.ttt_norm_bias.to(xq.dtype).repeat(BH // H, 1)[:, None]
         gamma2 = gamma * gamma
         gt = gamma * (beta - (xv - xk))  # gamma * (beta - residual target)  [BH, L, d]
         consts = {"gamma2": gamma2, "one": torch.ones((), device=xq.device, dtype=xq.dtype)}
 
-        # Split [0, L) into spans of N equal mini-batches (s tokens each) aligned with the mini-batch grid.
-        spans: list[tuple[int, int, int, bool | torch.Tensor]] = []  # (start, N, s, closes the mini-batch)
-        if info.offset is None:  # single token per row with per-row offsets
-            spans.append((0, 1, L, info.pos[:, -1] == K - 1))
-        else:
-            start = 0
-            if info.offset:
-                first = min(L, K - info.offset)
-                spans.append((0, 1, first, info.offset + first == K))
-                start = first
-            if (n_full := (L - start) // K) > 0:
-                spans.append((start, n_full, K, True))
-                start += n_full * K
-            if start < L:
-                spans.append((start, 1, L - start, False))
-
         outputs = []
-        for start, n, s, closes in spans:
-            # Which rows close their mini-batch at the end of each chunk: True / False / [B, N] bools.
-            complete: bool | torch.Tensor = closes
-            if info.valid is not None and closes is not False:
-                last_valid = info.valid[:, start + s - 1 : start + n * s : s]  # [B, N]
-                complete = last_valid if closes is True else closes[:, None] & last_valid
-            elif isinstance(closes, torch.Tensor):
-                complete = closes[:, None]
-            if isinstance(complete, torch.Tensor):
-                complete = complete.repeat_interleave(H, dim=0)  # [BH, N]
+        for start, n, s, closes in _mini_batch_spans(info, L, self.mini_batch_size):
+            complete = _span_complete(info, closes, start, n, s, H)
             close = complete is True and all(state[f"{p}_grad"] is None for p in self.inner_param_names)
-
             sl = slice(start, start + n * s)
-            q = xq[:, sl].unflatten(1, (n, s))  # [BH, N, s, d]
-            k = xk[:, sl].unflatten(1, (n, s))
-            lr_c = lr[:, sl].unflatten(1, (n, s))  # [BH, N, s]
-            tau_c = tau[:, sl].unflatten(1, (n, s))  # [BH|1, N, s]
-            eta = torch.tril(tau_c[..., :, None] * lr_c[..., None, :])  # eta[i, j] = tau_i lr_j (j <= i)
-            w = (tau_last * lr_c if close else lr_c)[..., None, :]  # [BH, N, 1, s]
-            pre = {
-                "q": q,
-                "kq": torch.cat([k, q], dim=2),  # [BH, N, 2s, d]: one matmul with W for both
-                "gt": gt[:, sl].unflatten(1, (n, s)),
-                "eta": eta,
-                # the dual form's "attention" for W (q.k) and for b (+1); eta is lower-triangular
-                "A": eta * (q @ k.transpose(-1, -2) + 1.0),  # [BH, N, s, s]
-                "w": w,
-                "wk_t": (w.transpose(-1, -2) * k).transpose(-1, -2),  # [BH, N, d, s]: (lr_j k_j)^T
-                "tau": tau_c[..., None],  # [BH|1, N, s, 1]
-            }
+            pre = _span_inputs(xq[:, sl], xk[:, sl], gt[:, sl], lr[:, sl], tau[:, sl], tau_last, n, s, close)
             keys = list(pre)
             per_step = list(zip(*(pre[key].unbind(1) for key in keys)))
-
-            def run(
-                i0: int,
-                i1: int,
-                state: TTTState,
-                per_step=per_step,
-                keys=keys,
-                complete=complete,
-                close=close,
-            ) -> tuple[list, TTTState]:
-                outs = []
-                for i in range(i0, i1):
-                    x = {**consts, **dict(zip(keys, per_step[i]))}
-                    z, new = self._step(state, x, close)
-                    if not close:
-                        c = complete if isinstance(complete, bool) else complete[:, i]
-                        new = self._apply_update(state, new, c, tau_last)
-                    state = new
-                    outs.append(z)
-                return outs, state
+            run = partial(self._run_steps, per_step, keys, consts, complete, close, tau_last)
 
             group = self.config.scan_checkpoint_group_size
             if group > 0 and self.training and torch.is_grad_enabled() and n > group:
@@ -214,6 +157,30 @@ class TTTBase(nn.Module):
                 outs, state = run(0, n, state)
                 outputs.extend(outs)
         return torch.cat(outputs, dim=1), state  # [BH, L, d]
+
+    def _run_steps(
+        self,
+        per_step: list[tuple[torch.Tensor, ...]],
+        keys: list[str],
+        consts: dict[str, torch.Tensor],
+        complete: bool | torch.Tensor,
+        close: bool,
+        tau_last: torch.Tensor,
+        i0: int,
+        i1: int,
+        state: TTTState,
+    ) -> tuple[list, TTTState]:
+        """Mini-batches [i0, i1) of one span, one `_step` each (the only Python loop of the scan)."""
+        outs = []
+        for i in range(i0, i1):
+            x = {**consts, **dict(zip(keys, per_step[i]))}
+            z, new = self._step(state, x, close)
+            if not close:
+                c = complete if isinstance(complete, bool) else complete[:, i]
+                new = self._apply_update(state, new, c, tau_last)
+            state = new
+            outs.append(z)
+        return outs, state
 
     def _qk(self, hidden_states: torch.Tensor, info: _SeqInfo, cache: TTTCache | None):
         if not self.share_qk:

@@ -6,12 +6,9 @@ copied next to a saved checkpoint (``trust_remote_code``), so it must not import
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 # A TTT state: inner-model parameters at the start of the current mini-batch ("W1", "b1", ...) and, for a
 # mini-batch that is only partly consumed, the learning-rate-weighted gradient sum so far ("W1_grad", ...; None = 0).
@@ -81,19 +78,3 @@ def causal_depthwise_conv(
             new_state = full.gather(-1, idx[:, None, :].expand(B, C, km1))
         new_state = new_state.detach().clone() if not torch.is_grad_enabled() else new_state
     return y, new_state
-
-
-
-def _checkpointed_run(run: Callable, i0: int, i1: int, state: TTTState) -> tuple[list, TTTState]:
-    """Run mini-batches [i0, i1) of a scan under activation checkpointing (``scan_checkpoint_group_size``)."""
-    keys = [k for k, v in state.items() if v is not None]
-
-    def fn(*values: torch.Tensor):
-        outs, new = run(i0, i1, {**{k: None for k in state}, **dict(zip(keys, values))})
-        new_keys = [k for k, v in new.items() if v is not None]
-        return (torch.stack(outs), new_keys, *[new[k] for k in new_keys])
-
-    stacked, new_keys, *new_values = checkpoint(fn, *[state[k] for k in keys], use_reentrant=False)
-    new_state: TTTState = {k: None for k in state}
-    new_state.update(zip(new_keys, new_values))
-    return list(stacked.unbind(0)), new_state
