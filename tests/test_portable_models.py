@@ -177,3 +177,29 @@ def test_training_run_final_loads_without_strata(tmp_path, preset):
     assert float((torch.load(tmp_path / "final.pt") - logits).abs().max()) <= 1e-6
     tok = ByT5Tokenizer.from_pretrained(final)
     assert results["final"]["text"] == _greedy_text(strata_side, tok)
+
+
+REGISTERS = r"""
+import os, sys
+import strata
+assert "torch" not in sys.modules and "transformers" not in sys.modules, "import strata must stay light"
+exec(os.environ["FIRST_IMPORT"])
+from transformers import AutoConfig, AutoModelForCausalLM
+path = os.environ["CKPT"]
+print(type(AutoConfig.from_pretrained(path)).__module__, type(AutoModelForCausalLM.from_pretrained(path)).__module__)
+"""
+
+
+@pytest.mark.parametrize("first_import", [
+    "pass",
+    "from transformers import LlamaForCausalLM",  # imports the Auto classes from a half-built modeling_layers
+    "from strata.models.ttt import TTTForCausalLM",  # the hook fires while Strata's own package is half-built
+])
+def test_import_strata_registers_the_model_types(tmp_path, first_import):
+    """No `trust_remote_code`: `import strata` alone makes the Auto classes resolve to Strata's own classes."""
+    path = tmp_path / "ttt"
+    TTTForCausalLM(TTT_PRESETS["ttt-linear-tiny"](VOCAB)).save_pretrained(path)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CKPT": str(path), "FIRST_IMPORT": first_import}
+    proc = subprocess.run([sys.executable, "-c", REGISTERS], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split()[-2:] == ["strata.models.ttt.configuration_ttt", "strata.models.ttt.modeling_ttt"]

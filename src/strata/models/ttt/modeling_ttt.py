@@ -137,7 +137,6 @@ class TTTModel(TTTPreTrainedModel):
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
         B, L, C = inputs_embeds.shape
-        K = self.config.mini_batch_size
 
         if use_cache is None:
             use_cache = self.config.use_cache and not self.training
@@ -155,37 +154,10 @@ class TTTModel(TTTPreTrainedModel):
             if bool(mask.all()):
                 mask = None
 
-        # In-mini-batch offset of the first new token; rows can differ after a padded prefill.
-        offset: int | None = 0
-        if cache is not None:
-            offsets = cache.seen_tokens % K
-            offsets_list = offsets.tolist()
-            if len(set(offsets_list)) == 1:
-                offset = offsets_list[0]
-            elif L == 1:
-                offset = None
-            else:  # rare: multi-token continuation with per-row offsets; feed one column at a time
-                return self._forward_column_by_column(
-                    inputs_embeds, mask, cache, output_hidden_states, return_dict
-                )
-
-        hidden_states = inputs_embeds
-        order = valid = n_valid = None
-        if mask is not None:
-            # Pack each row: real tokens first (in order), padding after. Unpacked again at the end.
-            order = torch.argsort((~mask).to(torch.int32), dim=1, stable=True)  # [B, L]
-            hidden_states = hidden_states.gather(1, order[..., None].expand(B, L, C))
-            valid = mask.gather(1, order)
-            n_valid = valid.sum(1)
-        elif cache is not None:
-            n_valid = torch.full((B,), L, dtype=torch.long, device=inputs_embeds.device)
-
-        arange = torch.arange(L, device=inputs_embeds.device)
-        if offset is None:
-            pos = offsets[:, None]  # [B, 1]
-        else:
-            pos = ((offset + arange) % K)[None]  # [1, L]
-        info = _SeqInfo(pos=pos, offset=offset, valid=valid, n_valid=n_valid if cache is not None else None)
+        offset, offsets, column_by_column = self._start_offsets(cache, L)
+        if column_by_column:  # rare: multi-token continuation with per-row offsets; feed one column at a time
+            return self._forward_column_by_column(inputs_embeds, mask, cache, output_hidden_states, return_dict)
+        hidden_states, order, n_valid, info = self._pack(inputs_embeds, mask, cache, offset, offsets)
 
         def unpack(h: torch.Tensor) -> torch.Tensor:
             if order is None:
@@ -208,6 +180,54 @@ class TTTModel(TTTPreTrainedModel):
             last_hidden_state=hidden_states, cache=cache, hidden_states=all_hidden_states
         )
         return out if return_dict else out.to_tuple()
+
+    def _start_offsets(self, cache: TTTCache | None, L: int) -> tuple[int | None, torch.Tensor | None, bool]:
+        """In-mini-batch offset of the first new token (rows can differ after a padded prefill).
+
+        Returns (common offset, or None for per-row offsets with L == 1; the per-row offsets [B]; whether the
+        call must go column by column: several new tokens and per-row offsets).
+        """
+        if cache is None:
+            return 0, None, False
+        offsets = cache.seen_tokens % self.config.mini_batch_size
+        offsets_list = offsets.tolist()
+        if len(set(offsets_list)) == 1:
+            return offsets_list[0], offsets, False
+        if L == 1:
+            return None, offsets, False
+        return 0, offsets, True
+
+    def _pack(
+        self,
+        inputs_embeds: torch.Tensor,
+        mask: torch.Tensor | None,
+        cache: TTTCache | None,
+        offset: int | None,
+        offsets: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, _SeqInfo]:
+        """Pack each row (real tokens first, in order; padding after) and say where the tokens sit.
+
+        Returns (packed states, the packing order [B, L] or None, real tokens per row [B] or None, _SeqInfo).
+        """
+        B, L, C = inputs_embeds.shape
+        K = self.config.mini_batch_size
+        hidden_states = inputs_embeds
+        order = valid = n_valid = None
+        if mask is not None:
+            order = torch.argsort((~mask).to(torch.int32), dim=1, stable=True)  # [B, L]
+            hidden_states = hidden_states.gather(1, order[..., None].expand(B, L, C))
+            valid = mask.gather(1, order)
+            n_valid = valid.sum(1)
+        elif cache is not None:
+            n_valid = torch.full((B,), L, dtype=torch.long, device=inputs_embeds.device)
+
+        arange = torch.arange(L, device=inputs_embeds.device)
+        if offset is None:
+            pos = offsets[:, None]  # [B, 1]
+        else:
+            pos = ((offset + arange) % K)[None]  # [1, L]
+        info = _SeqInfo(pos=pos, offset=offset, valid=valid, n_valid=n_valid if cache is not None else None)
+        return hidden_states, order, n_valid, info
 
     def _forward_column_by_column(
         self,
