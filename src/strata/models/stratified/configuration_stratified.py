@@ -145,3 +145,8 @@ class StratifiedConfig(PreTrainedConfig):
 
 
 __all__ = ["StratifiedConfig", "STRATIFIED_TYPES", "STRATUM_SOURCES", "ROUTER_MODES"]
+
+
+# Saving a StratifiedConfig writes this file and `auto_map` next to it (portable checkpoints, see
+# modeling_stratified.py).
+StratifiedConfig.register_for_auto_class()

@@ -11,39 +11,50 @@ where w [B, T, S] are the stratum weights of a per-layer *stratum source* (route
 stratified term ends in a zero-initialised projection, so at step 0 a variant computes exactly the baseline
 function (`stratified_type="none"`). Paths are computed densely (all S paths / E experts) and mixed by w: at the
 sizes this family targets that is simpler and not slower than dispatching tokens.
+
+Portable: this file and its siblings (configuration_stratified, mechanisms, stratum_sources) import only numpy,
+torch, transformers and each other (relative imports), and ``save_pretrained`` copies them next to the weights
+with an ``auto_map`` (``register_for_auto_class`` below), so ``AutoModelForCausalLM.from_pretrained(path,
+trust_remote_code=True)`` works where Strata is not installed. Parameter accounting is in parameters.py, the
+fitting of the stratum sources in routers.py (both Strata-side).
 """
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
-from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, slice_logits_to_keep
+from transformers.modeling_utils import slice_logits_to_keep
 from transformers.utils import can_return_tuple
 
-from strata.models.stratified.configuration_stratified import StratifiedConfig
-from strata.models.stratified.routers import (
+from .backbone import (
+    StratifiedAttention,
+    StratifiedMLP,
+    StratifiedRMSNorm,
+    StratifiedRotaryEmbedding,
+    _part_seed,
+)
+from .configuration_stratified import StratifiedConfig
+from .mechanisms import (
+    StratumConditionedMoE,
+    StratumRoutedFFN,
+    StratumStrategyFFN,
+    _mark_stratified,
+)
+from .stratum_sources import (
     RouterOutput,
     StratifiedPart,
     StratumSource,
     build_stratum_source,
-    load_balancing_loss,
-    router_z_loss,
 )
-
-# --------------------------------------------------------------------------------------------------------------
-# Outputs
-# --------------------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -70,314 +81,6 @@ class StratifiedCausalLMOutputWithPast(CausalLMOutputWithPast):
     router_logits: tuple[torch.FloatTensor | None, ...] | None = None
     stratum_probs: tuple[torch.FloatTensor | None, ...] | None = None
     expert_router_logits: tuple[torch.FloatTensor | None, ...] | None = None
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Backbone pieces (Llama)
-# --------------------------------------------------------------------------------------------------------------
-
-
-class StratifiedRMSNorm(nn.Module):
-    def __init__(self, hidden_size: int, eps: float = 1e-6):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(hidden_size))
-        self.variance_epsilon = eps
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        dtype = hidden_states.dtype
-        x = hidden_states.to(torch.float32)
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
-        return self.weight * x.to(dtype)
-
-
-class StratifiedRotaryEmbedding(nn.Module):
-    """Default RoPE; `inv_freq` is a non-persistent buffer recomputed in `_init_weights`."""
-
-    def __init__(self, config: StratifiedConfig):
-        super().__init__()
-        self.head_dim = config.head_dim
-        self.base = float(config.rope_theta)
-        self.register_buffer("inv_freq", self.compute_inv_freq(), persistent=False)
-
-    def compute_inv_freq(self) -> torch.Tensor:
-        return 1.0 / (self.base ** (torch.arange(0, self.head_dim, 2, dtype=torch.float) / self.head_dim))
-
-    @torch.no_grad()
-    def forward(self, x: torch.Tensor, position_ids: torch.LongTensor) -> tuple[torch.Tensor, torch.Tensor]:
-        freqs = position_ids[..., None].float() * self.inv_freq.to(x.device)  # [B, T, D/2]
-        emb = torch.cat((freqs, freqs), dim=-1)  # [B, T, D]
-        return emb.cos().to(x.dtype), emb.sin().to(x.dtype)
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
-def apply_rotary_pos_emb(
-    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # [B, 1, T, D] against [B, heads, T, D]
-    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
-
-
-def repeat_kv(hidden_states: torch.Tensor, n_rep: int) -> torch.Tensor:
-    """[B, kv_heads, T, D] -> [B, kv_heads * n_rep, T, D]."""
-    if n_rep == 1:
-        return hidden_states
-    b, h, t, d = hidden_states.shape
-    return hidden_states[:, :, None].expand(b, h, n_rep, t, d).reshape(b, h * n_rep, t, d)
-
-
-def eager_attention_forward(
-    module: nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float,
-    dropout: float = 0.0,
-    **kwargs,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    key = repeat_kv(key, module.num_key_value_groups)
-    value = repeat_kv(value, module.num_key_value_groups)
-    scores = torch.matmul(query, key.transpose(2, 3)) * scaling  # [B, heads, T, K]
-    if attention_mask is not None:
-        if attention_mask.dtype == torch.bool:
-            scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
-        else:
-            scores = scores + attention_mask
-    probs = scores.softmax(dim=-1, dtype=torch.float32).to(query.dtype)
-    probs = nn.functional.dropout(probs, p=dropout, training=module.training)
-    return torch.matmul(probs, value).transpose(1, 2).contiguous(), probs  # [B, T, heads, D]
-
-
-class StratifiedMLP(nn.Module):
-    """SwiGLU feed-forward: down(act(gate(x)) * up(x))."""
-
-    def __init__(self, hidden_size: int, intermediate_size: int, hidden_act: str = "silu"):
-        super().__init__()
-        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
-        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
-        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
-        self.act_fn = ACT2FN[hidden_act]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Stratum mechanisms (each ends in a zero-initialised projection)
-# --------------------------------------------------------------------------------------------------------------
-
-
-class StratumHeadGate(StratifiedPart):
-    """`"attention"`: each stratum re-weights the attention heads; the gated heads enter through a zero-init proj.
-
-    gate[s, h] = 2 * sigmoid(gate_logits[s, h]) (1 at logit 0); a token's head gates are sum_s w_s gate[s, :].
-    gate_logits start random so the strata differ from step 0 and the router's gradient is not identically zero.
-    """
-
-    def __init__(self, config: StratifiedConfig):
-        super().__init__()
-        self.gate_logits = nn.Parameter(
-            torch.zeros(config.num_strata, config.num_attention_heads)
-        )  # [S, heads]
-        self.out_proj = nn.Parameter(
-            torch.zeros(config.hidden_size, config.num_attention_heads * config.head_dim)
-        )
-
-    def init_stratified(self, generator: torch.Generator, std: float) -> None:
-        init.normal_(self.gate_logits, mean=0.0, std=1.0, generator=generator)
-        init.zeros_(self.out_proj)
-
-    def forward(self, attn_heads: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        # attn_heads [B, T, heads, D], weights [B, T, S]
-        gates = weights @ (2.0 * torch.sigmoid(self.gate_logits)).to(weights.dtype)  # [B, T, heads]
-        gated = attn_heads * gates[..., None]
-        return nn.functional.linear(gated.flatten(-2), self.out_proj)  # [B, T, H]
-
-
-class StratumRoutedFFN(StratifiedPart):
-    """`"routing"`: one SwiGLU path per stratum (equal widths), mixed by the stratum weights."""
-
-    def __init__(self, config: StratifiedConfig):
-        super().__init__()
-        s, h, i = config.num_strata, config.hidden_size, config.stratum_intermediate_size
-        self.gate_proj = nn.Parameter(torch.zeros(s, h, i))
-        self.up_proj = nn.Parameter(torch.zeros(s, h, i))
-        self.down_proj = nn.Parameter(torch.zeros(s, i, h))  # zero-init: the path starts switched off
-        self.act_fn = ACT2FN[config.hidden_act]
-
-    def init_stratified(self, generator: torch.Generator, std: float) -> None:
-        init.normal_(self.gate_proj, mean=0.0, std=std, generator=generator)
-        init.normal_(self.up_proj, mean=0.0, std=std, generator=generator)
-        init.zeros_(self.down_proj)
-
-    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        # x [B, T, H], weights [B, T, S]
-        g = torch.einsum("bth,shi->btsi", x, self.gate_proj)
-        u = torch.einsum("bth,shi->btsi", x, self.up_proj)
-        y = torch.einsum("btsi,sih->btsh", self.act_fn(g) * u, self.down_proj)  # [B, T, S, H]
-        return torch.einsum("bts,btsh->bth", weights, y)
-
-
-class StratumStrategyFFN(StratifiedPart):
-    """`"layers"`: strategy s is an extra SwiGLU of width `layer_strategy_widths[s]` (0 = skip: adds nothing).
-
-    The strategies are stored as one SwiGLU of width sum(widths) whose hidden units are blocked by strategy; a
-    token's unit u is scaled by w[strategy(u)], which equals sum_s w_s * SwiGLU_s(x) exactly.
-    """
-
-    def __init__(self, config: StratifiedConfig):
-        super().__init__()
-        self.widths = [int(w) for w in config.layer_strategy_widths]
-        total = max(1, sum(self.widths))  # all-skip keeps one (unused) unit so the shapes stay valid
-        self.gate_proj = nn.Parameter(torch.zeros(total, config.hidden_size))
-        self.up_proj = nn.Parameter(torch.zeros(total, config.hidden_size))
-        self.down_proj = nn.Parameter(torch.zeros(config.hidden_size, total))  # zero-init
-        self.act_fn = ACT2FN[config.hidden_act]
-
-    def init_stratified(self, generator: torch.Generator, std: float) -> None:
-        init.normal_(self.gate_proj, mean=0.0, std=std, generator=generator)
-        init.normal_(self.up_proj, mean=0.0, std=std, generator=generator)
-        init.zeros_(self.down_proj)
-
-    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        # x [B, T, H], weights [B, T, S]
-        if sum(self.widths) == 0:
-            return torch.zeros_like(x)
-        h = self.act_fn(nn.functional.linear(x, self.gate_proj)) * nn.functional.linear(
-            x, self.up_proj
-        )  # [B,T,W]
-        repeats = torch.tensor(self.widths, device=x.device)
-        unit_weights = weights.repeat_interleave(repeats, dim=-1, output_size=sum(self.widths))  # [B, T, W]
-        h = h * unit_weights  # unit u of strategy s scaled by w_s
-        return nn.functional.linear(h, self.down_proj)
-
-
-class StratumConditionedMoE(StratifiedPart):
-    """`"moe"`: top-k mixture of E SwiGLU experts whose router is conditioned on the stratum.
-
-    Expert logits = sum_s w_s (x @ W_s + b_s): each stratum has its own expert router (soft w mixes them). The
-    MoE output is scaled by the kept stratum mass sum_s w_s, so `disabled_strata` switch the path off.
-    """
-
-    def __init__(self, config: StratifiedConfig):
-        super().__init__()
-        s, h, e, i = config.num_strata, config.hidden_size, config.num_experts, config.moe_intermediate_size
-        self.top_k = config.num_experts_per_tok
-        self.z_loss_weight = config.z_loss_weight
-        self.router_weight = nn.Parameter(torch.zeros(s, h, e))  # [S, H, E]
-        self.router_bias = nn.Parameter(torch.zeros(s, e))  # [S, E]
-        self.gate_proj = nn.Parameter(torch.zeros(e, h, i))
-        self.up_proj = nn.Parameter(torch.zeros(e, h, i))
-        self.down_proj = nn.Parameter(torch.zeros(e, i, h))  # zero-init
-        self.act_fn = ACT2FN[config.hidden_act]
-
-    def init_stratified(self, generator: torch.Generator, std: float) -> None:
-        init.normal_(self.router_weight, mean=0.0, std=std, generator=generator)
-        init.zeros_(self.router_bias)
-        init.normal_(self.gate_proj, mean=0.0, std=std, generator=generator)
-        init.normal_(self.up_proj, mean=0.0, std=std, generator=generator)
-        init.zeros_(self.down_proj)
-
-    def forward(
-        self, x: torch.Tensor, weights: torch.Tensor, token_mask: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        # x [B, T, H], weights [B, T, S]
-        per_stratum = torch.einsum("bth,she->btse", x, self.router_weight) + self.router_bias  # [B, T, S, E]
-        logits = torch.einsum("bts,btse->bte", weights, per_stratum).float()  # [B, T, E]
-        probs = logits.softmax(dim=-1)
-        top_p, top_i = probs.topk(self.top_k, dim=-1)  # [B, T, k]
-        top_p = top_p / top_p.sum(-1, keepdim=True)  # renormalise over the chosen experts (Mixtral)
-        combine = torch.zeros_like(probs).scatter(-1, top_i, top_p)  # [B, T, E], k non-zeros
-        dispatched = torch.zeros_like(probs).scatter(-1, top_i, 1.0 / self.top_k)
-
-        g = torch.einsum("bth,ehi->btei", x, self.gate_proj)
-        u = torch.einsum("bth,ehi->btei", x, self.up_proj)
-        y = torch.einsum("btei,eih->bteh", self.act_fn(g) * u, self.down_proj)  # [B, T, E, H]
-        out = torch.einsum("bte,bteh->bth", combine.to(x.dtype), y)
-        out = out * weights.sum(-1, keepdim=True)  # kept stratum mass (1 unless strata are disabled)
-        aux = load_balancing_loss(probs, dispatched, token_mask) + self.z_loss_weight * router_z_loss(
-            logits, token_mask
-        )
-        return out, logits, aux
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Attention and decoder block
-# --------------------------------------------------------------------------------------------------------------
-
-
-def _mark_stratified(part: StratifiedPart, seed: int) -> StratifiedPart:
-    """Give `part` its private init seed and flag its submodules so the generic init skips them."""
-    part.init_seed = seed
-    for m in part.modules():
-        if m is not part:
-            m._stratified_leaf = True
-    return part
-
-
-class StratifiedAttention(nn.Module):
-    """Causal multi-head attention (GQA-ready) with RoPE and a DynamicCache; optional stratum head gating."""
-
-    def __init__(self, config: StratifiedConfig, layer_idx: int):
-        super().__init__()
-        self.config = config
-        self.layer_idx = layer_idx
-        self.head_dim = config.head_dim
-        self.num_key_value_groups = config.num_attention_heads // config.num_key_value_heads
-        self.scaling = self.head_dim**-0.5
-        self.is_causal = True
-        h = config.hidden_size
-        self.q_proj = nn.Linear(h, config.num_attention_heads * self.head_dim, bias=False)
-        self.k_proj = nn.Linear(h, config.num_key_value_heads * self.head_dim, bias=False)
-        self.v_proj = nn.Linear(h, config.num_key_value_heads * self.head_dim, bias=False)
-        self.o_proj = nn.Linear(config.num_attention_heads * self.head_dim, h, bias=False)
-        self.head_gate: StratumHeadGate | None = None
-        if config.stratified_type == "attention":
-            with torch.random.fork_rng(devices=[]):  # keep the global RNG stream identical to the baseline's
-                self.head_gate = _mark_stratified(StratumHeadGate(config), _part_seed(config, layer_idx, 0))
-
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        position_embeddings: tuple[torch.Tensor, torch.Tensor],
-        attention_mask: torch.Tensor | None,
-        cache: Cache | None = None,
-        stratum_weights: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        input_shape = hidden_states.shape[:-1]  # [B, T]
-        hidden_shape = (*input_shape, -1, self.head_dim)
-        q = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)  # [B, heads, T, D]
-        k = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)  # [B, kv_heads, T, D]
-        v = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
-        cos, sin = position_embeddings
-        q, k = apply_rotary_pos_emb(q, k, cos, sin)
-        if cache is not None:
-            k, v = cache.update(k, v, self.layer_idx)
-
-        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation, eager_attention_forward
-        )
-        attn, _ = attention_interface(
-            self,
-            q,
-            k,
-            v,
-            attention_mask,
-            dropout=0.0 if not self.training else self.config.attention_dropout,
-            scaling=self.scaling,
-        )  # [B, T, heads, D]
-        out = self.o_proj(attn.reshape(*input_shape, -1))
-        if self.head_gate is not None:
-            out = out + self.head_gate(attn, stratum_weights)
-        return out
-
-
-def _part_seed(config: StratifiedConfig, layer_idx: int, part: int) -> int:
-    return int(config.stratified_init_seed) * 1_000_003 + 101 * layer_idx + part
 
 
 @dataclass
@@ -681,67 +384,8 @@ class StratifiedForCausalLM(StratifiedPreTrainedModel, GenerationMixin):
         )
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Parameter accounting
-# --------------------------------------------------------------------------------------------------------------
-
-
-def count_parameters(config: StratifiedConfig) -> dict[str, int]:
-    """Exact parameter counts of `StratifiedForCausalLM(config)`, built on the meta device (no memory, no RNG)."""
-    with torch.device("meta"):
-        model = StratifiedForCausalLM(config)
-    total = sum(p.numel() for p in model.parameters())  # tied weights counted once
-    stratified = sum(
-        p.numel()
-        for m in model.modules()
-        if isinstance(m, StratifiedPart)
-        for p in m.parameters(recurse=True)
-    )
-    embedding = model.model.embed_tokens.weight.numel()
-    if not config.tie_word_embeddings:
-        embedding += model.lm_head.weight.numel()
-    return {"total": total, "stratified": stratified, "backbone": total - stratified, "embedding": embedding}
-
-
-def match_params(config: StratifiedConfig, target_params: int | StratifiedConfig) -> StratifiedConfig:
-    """A dense `"none"` copy of `config` whose `intermediate_size` makes its parameter count closest to the target.
-
-    `target_params` is a count or a variant config (its total count). The dense count is linear in the FFN width
-    (3 * hidden * layers per unit, SwiGLU), so the width is solved directly (error < 1.5 * hidden * layers).
-    A variant `config` is returned unchanged: only the dense baseline is widened, the variants are the targets.
-    """
-    if config.stratified_type != "none":
-        return config
-    if isinstance(target_params, StratifiedConfig):
-        target_params = count_parameters(target_params)["total"]
-    dense = copy.deepcopy(config)
-    dense.stratified_type = "none"
-    base = count_parameters(dense)["total"]
-    per_unit = 3 * dense.hidden_size * dense.num_hidden_layers
-    width = max(1, dense.intermediate_size + round((int(target_params) - base) / per_unit))
-    dense.intermediate_size = int(width)
-    return dense
-
-
-def parameter_report(
-    configs: Mapping[str, StratifiedConfig] | Iterable[StratifiedConfig],
-) -> dict[str, dict[str, int | str]]:
-    """JSON-ready parameter counts per config: total / stratified / backbone / embedding, type and source."""
-    if not isinstance(configs, Mapping):
-        configs = {
-            f"{c.stratified_type}" + ("" if c.stratified_type == "none" else f"-{c.stratum_source}"): c
-            for c in configs
-        }
-    report: dict[str, dict[str, int | str]] = {}
-    for name, cfg in configs.items():
-        counts = count_parameters(cfg)
-        report[name] = {
-            **counts,
-            "stratified_type": cfg.stratified_type,
-            "stratum_source": cfg.stratum_source,
-            "intermediate_size": cfg.intermediate_size,
-        }
-    return report
+# `save_pretrained` then writes this code and an `auto_map` into the checkpoint (see the module docstring).
+StratifiedForCausalLM.register_for_auto_class("AutoModelForCausalLM")
 
 
 __all__ = [
@@ -750,7 +394,4 @@ __all__ = [
     "StratifiedForCausalLM",
     "StratifiedModelOutputWithPast",
     "StratifiedCausalLMOutputWithPast",
-    "count_parameters",
-    "match_params",
-    "parameter_report",
 ]

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from strata.models.stratified.configuration_stratified import STRATIFIED_TYPES, StratifiedConfig
+from .configuration_stratified import STRATIFIED_TYPES, StratifiedConfig
 
 _SIZES: dict[str, dict[str, Any]] = {
     "tiny": dict(

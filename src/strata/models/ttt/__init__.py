@@ -1,7 +1,7 @@
 """TTT language models (Sun et al., 2024): TTT-Linear / TTT-MLP layers, checkpoint-compatible with the official code."""
 
-from strata.models.ttt.configuration_ttt import TTTConfig
-from strata.models.ttt.modeling_ttt import TTTCache, TTTForCausalLM, TTTModel, TTTPreTrainedModel
-from strata.models.ttt.presets import TTT_PRESETS
+from .configuration_ttt import TTTConfig
+from .modeling_ttt import TTTCache, TTTForCausalLM, TTTModel, TTTPreTrainedModel
+from .presets import TTT_PRESETS
 
 __all__ = ["TTT_PRESETS", "TTTCache", "TTTConfig", "TTTForCausalLM", "TTTModel", "TTTPreTrainedModel"]

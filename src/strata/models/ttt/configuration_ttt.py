@@ -85,3 +85,7 @@ class TTTConfig(PreTrainedConfig):
 
 
 __all__ = ["TTTConfig"]
+
+
+# Saving a TTTConfig writes this file and `auto_map` next to it (portable checkpoints, see modeling_ttt.py).
+TTTConfig.register_for_auto_class()

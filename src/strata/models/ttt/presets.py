@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from strata.models.ttt.configuration_ttt import TTTConfig
+from .configuration_ttt import TTTConfig
 
 # name -> (hidden, intermediate, layers, heads), as the official TTT_STANDARD_CONFIGS
 TTT_SIZES: dict[str, tuple[int, int, int, int]] = {
