@@ -57,7 +57,7 @@ def _setup_environment() -> None:
         handler.setLevel(logging.WARNING)
     # Per-map progress bars would bury the one-line errors and the training progress bar.
     datasets.disable_progress_bars()
-    from strata.models.quantization import quiet_bitsandbytes_notices
+    from strata.models.bnb_notices import quiet_bitsandbytes_notices
 
     quiet_bitsandbytes_notices()  # peft/transformers import bitsandbytes whenever it is installed
 
