@@ -79,3 +79,48 @@ def test_exact_match_and_token_f1():
     assert mean_token_f1(["Paris, France", "x"], ["Paris", "y"]) == pytest.approx((2 / 3 + 0.0) / 2)
     with pytest.raises(StrataError):
         exact_match(["a"], [])
+
+
+def test_never_predicted_class_and_invalid_prediction_by_hand_without_warnings():
+    import warnings
+
+    y_true = [0, 0, 1, 2, 2]
+    y_pred = [0, 2, -1, 2, 0]  # "neutral" never predicted; its one row got an unparseable answer (-1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # zero_division is explicit: no UndefinedMetricWarning
+        m = classification_metrics(y_true, y_pred, LABELS)
+    # valid pairs (true, pred): (0,0) (0,2) (2,2) (2,0); the -1 row is in no column
+    assert m["confusion_matrix"] == [[1, 0, 1], [0, 0, 0], [1, 0, 1]]
+    assert m["accuracy"] == pytest.approx(2 / 5) and m["n_invalid"] == 1
+    neg, neu, pos = (m["per_class"][name] for name in LABELS)
+    assert (neg["precision"], neg["recall"], neg["f1"]) == pytest.approx((1 / 2, 1 / 2, 1 / 2))  # 1 of 2, 1 of 2
+    assert (neu["precision"], neu["recall"], neu["f1"], neu["support"]) == (0.0, 0.0, 0.0, 1)  # 0/0 -> 0
+    assert (pos["precision"], pos["recall"], pos["f1"]) == pytest.approx((1 / 2, 1 / 2, 1 / 2))
+    # neutral occurs in y_true, so both averages count its 0
+    assert m["macro_f1"] == pytest.approx((1 / 2 + 0 + 1 / 2) / 3)
+    assert m["balanced_accuracy"] == pytest.approx((1 / 2 + 0 + 1 / 2) / 3)
+    assert m["majority_baseline"] == pytest.approx(2 / 5)
+
+
+# The official SQuAD v1.1 evaluate script's normalize_answer, applied by hand: lower case, drop
+# string.punctuation, then the words a/an/the, then collapse whitespace (in that order).
+SQUAD_CASES = [
+    ("  The  Eiffel Tower! ", "eiffel tower"),
+    ("An apple,a day", "applea day"),  # punctuation goes first: "apple,a" -> "applea", no article left
+    ("the-end", "theend"),  # "-" removed before articles, so "theend" is one word
+    ("A.B. the theory", "ab theory"),
+    ("Theatre of the Absurd", "theatre of absurd"),  # "the" inside a word stays
+    ("\tNew\nYork\u00a0City ", "new york city"),  # any whitespace, NBSP included
+    ("\u201cParis\u201d", "\u201cparis\u201d"),  # curly quotes are not in string.punctuation: kept
+    ("", ""),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), SQUAD_CASES)
+def test_one_squad_normaliser_matches_the_official_script(text, expected):
+    from strata.evaluation import answers
+    from strata.evaluation.answers import token_f1
+
+    assert normalize_answer is answers.normalize_answer  # one normaliser for EM, token F1 and rewards
+    assert normalize_answer(text) == expected
+    assert token_f1(text, expected) == 1.0 and exact_match([text], [expected]) == 1.0

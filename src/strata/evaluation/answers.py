@@ -17,6 +17,7 @@ __all__ = [
     "numbers_match",
     "first_label_word",
     "has_final_answer_line",
+    "normalize_answer",
     "token_f1",
 ]
 
@@ -32,7 +33,10 @@ _NUMBER = re.compile(
 _FINAL_MARK = "####"
 _BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
 _FINAL_LINE = re.compile(r"(?m)^[ \t]*####[ \t]*-?[ \t]*\$?[ \t]*-?[ \t]*\.?\d")
+# Label words: ASCII punctuation plus curly quotes and dashes ("“Positive”" -> "positive").
 _PUNCT_TABLE = str.maketrans("", "", string.punctuation + "\u201c\u201d\u2018\u2019\u2014\u2013")
+# SQuAD answers: exactly the official script's set (string.punctuation), so EM/F1 are comparable with it.
+_SQUAD_PUNCT = str.maketrans("", "", string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 
 
@@ -128,17 +132,20 @@ def has_final_answer_line(text: str) -> bool:
     return bool(text) and _FINAL_LINE.search(text) is not None
 
 
-def _squad_normalise(text: str) -> list[str]:
-    """SQuAD answer normalisation: lower case, no punctuation, no articles, single spaces."""
-    text = (text or "").lower().translate(_PUNCT_TABLE)
-    text = _ARTICLES.sub(" ", text)
-    return text.split()
+def normalize_answer(text: str) -> str:
+    """The official SQuAD v1.1 normalisation (lower case, punctuation removed, then the articles
+    a/an/the, whitespace collapsed), in its order, so exact match and token F1 are SQuAD's numbers.
+
+    The one normaliser of answers: ``metrics.exact_match``, ``token_f1`` and the RL rewards use it.
+    """
+    text = (text or "").lower().translate(_SQUAD_PUNCT)
+    return " ".join(_ARTICLES.sub(" ", text).split())
 
 
 def token_f1(prediction: str, reference: str) -> float:
     """SQuAD-style token F1 between a prediction and a reference (1.0 when both are empty)."""
-    pred_tokens = _squad_normalise(prediction)
-    ref_tokens = _squad_normalise(reference)
+    pred_tokens = normalize_answer(prediction).split()
+    ref_tokens = normalize_answer(reference).split()
     if not pred_tokens or not ref_tokens:
         return float(pred_tokens == ref_tokens)
     common = Counter(pred_tokens) & Counter(ref_tokens)
