@@ -53,6 +53,39 @@ def test_metric_edge_cases() -> None:
     assert mutual_information(a, a) == pytest.approx(np.log(2))
 
 
+def test_association_by_hand_2x2() -> None:
+    # a = [0,0,1,1], b = [0,1,1,1]: joint p(0,0)=1/4, p(0,1)=1/4, p(1,1)=1/2; p(a)=(1/2,1/2), p(b)=(1/4,3/4)
+    a, b = np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1])
+    mi = 0.25 * np.log(0.25 / (0.5 * 0.25)) + 0.25 * np.log(0.25 / (0.5 * 0.75)) + 0.5 * np.log(0.5 / (0.5 * 0.75))
+    assert mi == pytest.approx(0.2158, abs=1e-4)  # nats; in bits it would be 0.3113
+    h_a = np.log(2)
+    h_b = -(0.25 * np.log(0.25) + 0.75 * np.log(0.75))
+    assert mutual_information(a, b) == pytest.approx(mi, abs=1e-12)
+    assert mutual_information(b, a) == pytest.approx(mi, abs=1e-12)
+    # arithmetic normalisation: MI / ((H(a) + H(b)) / 2) = 0.3437 (geometric: 0.3456)
+    assert normalized_mutual_information(a, b) == pytest.approx(mi / ((h_a + h_b) / 2), abs=1e-12)
+    # clusters of a: {b0, b1} -> majority 1 of 2, {b1, b1} -> 2 of 2; clusters of b: {a0} -> 1, {a0, a1, a1} -> 2
+    assert purity(a, b) == pytest.approx(3 / 4) and purity(b, a) == pytest.approx(3 / 4)
+
+
+def test_association_by_hand_3x2() -> None:
+    # 3 clusters x 2 labels, N = 6; contingency rows = clusters: [[2, 1], [0, 2], [1, 0]]
+    assignment, labels = np.array([0, 0, 0, 1, 1, 2]), np.array([0, 0, 1, 1, 1, 0])
+    # p(c) = (3/6, 2/6, 1/6), p(l) = (1/2, 1/2); sum over the non-zero cells of p(c,l) ln(p(c,l) / p(c)p(l))
+    mi = (2 / 6) * np.log((2 / 6) / (3 / 6 * 1 / 2)) + (1 / 6) * np.log((1 / 6) / (3 / 6 * 1 / 2)) \
+        + (2 / 6) * np.log((2 / 6) / (2 / 6 * 1 / 2)) + (1 / 6) * np.log((1 / 6) / (1 / 6 * 1 / 2))
+    h_c = -(0.5 * np.log(0.5) + (1 / 3) * np.log(1 / 3) + (1 / 6) * np.log(1 / 6))
+    h_l = np.log(2)
+    assert mi == pytest.approx(0.3749, abs=1e-4)  # = ln(4/3)/3 + ln(2/3)/6 + ln(2)/3 + ln(2)/6
+    assert mutual_information(assignment, labels) == pytest.approx(mi, abs=1e-12)
+    assert normalized_mutual_information(assignment, labels) == pytest.approx(2 * mi / (h_c + h_l), abs=1e-12)
+    assert purity(assignment, labels) == pytest.approx((2 + 2 + 1) / 6)  # majority count per cluster
+    # transposed: clusters = labels (rows [[2, 0, 1], [1, 2, 0]]): majority 2 + 2 of 6
+    assert purity(labels, assignment) == pytest.approx(4 / 6)
+    m = association_metrics(assignment, labels, n_permutations=0)
+    assert (m["mi"], m["nmi"], m["purity"]) == pytest.approx((mi, 2 * mi / (h_c + h_l), 5 / 6), abs=1e-12)
+
+
 def test_kmeans_recovers_separated_blobs() -> None:
     rng = np.random.default_rng(0)
     centers = rng.normal(size=(4, 8)) * 10
