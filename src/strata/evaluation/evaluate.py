@@ -17,8 +17,9 @@ from strata.errors import StrataError
 from strata.evaluation.answers import token_f1
 from strata.evaluation.generation import generate_texts, parse_label, score_math_answer
 from strata.evaluation.metrics import classification_metrics, normalize_answer
+from strata.evaluation.model_io import is_encoder_decoder, pad_id
 from strata.evaluation.perplexity import sequence_nll, summarize_nll, text_windows
-from strata.evaluation.scoring import is_encoder_decoder, pad_id, score_choices
+from strata.evaluation.scoring import score_choices
 
 __all__ = ["DEFAULT_MAX_NEW_TOKENS", "FAMILIES", "METHODS", "evaluate_dataset"]
 
@@ -86,12 +87,18 @@ def evaluate_dataset(
     result.update(extra)
     domains = [str(d) for d in dataset["domain"]] if "domain" in columns else []
     if len(set(domains)) > 1:
-        result["per_domain"] = {}
-        for domain in sorted(set(domains)):
-            rows = [i for i in all_rows if domains[records[i]["row"]] == domain]
-            if rows:
-                result["per_domain"][domain] = aggregate(rows)
+        result["per_domain"] = _per_domain(domains, records, aggregate)
     return result
+
+
+def _per_domain(domains: list[str], records: list[dict], aggregate: Callable[[list[int]], dict]) -> dict:
+    """The metrics again over each domain's scored records (``domains`` is per dataset row)."""
+    out = {}
+    for domain in sorted(set(domains)):
+        rows = [i for i, record in enumerate(records) if domains[record["row"]] == domain]
+        if rows:
+            out[domain] = aggregate(rows)
+    return out
 
 
 def _method_used(family: str, method: str) -> str:
@@ -117,6 +124,43 @@ def _samples(
     ]
 
 
+def _gold_labels(dataset: Any, columns: set[str], label_words: list[str]) -> tuple[list[int], list[int]]:
+    """The rows with a usable gold label and that label: the ``label`` column, else the label word the
+    completion names; a one-line refusal when no row has one."""
+    completions = _column(dataset, columns, "completion")
+    labels = [int(v) for v in dataset["label"]] if "label" in columns else [-1] * len(dataset)
+    keep: list[int] = []
+    gold: list[int] = []
+    for i, (label, completion) in enumerate(zip(labels, completions)):
+        if not 0 <= label < len(label_words):  # fall back to the completion text naming the label
+            label = parse_label(completion, label_words) if completion.strip() else None
+            label = -1 if label is None else label
+        if label >= 0:
+            keep.append(i)
+            gold.append(label)
+    if not keep:
+        raise StrataError(
+            "no example has a gold label among label_words; check the 'label' column and label_words"
+        )
+    return keep, gold
+
+
+def _generate_labels(model: Any, tokenizer: Any, prompts: list[str], label_words: list[str], batch_size: int,
+                     max_length: int, max_new_tokens: int) -> list[str]:
+    """Greedy generations just long enough to hold a label word (only the first word(s) are parsed)."""
+    longest = max(
+        len(ids) for ids in tokenizer([" " + w for w in label_words], add_special_tokens=False)["input_ids"]
+    )
+    return generate_texts(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=min(max_new_tokens, longest + _LABEL_SLACK_TOKENS),
+        batch_size=batch_size,
+        max_length=max_length,
+    )
+
+
 def _run_classification(
     model: Any,
     tokenizer: Any,
@@ -135,21 +179,7 @@ def _run_classification(
         )
     label_words = [str(w) for w in label_words]
     prompts = _column(dataset, columns, "prompt")
-    completions = _column(dataset, columns, "completion")
-    labels = [int(v) for v in dataset["label"]] if "label" in columns else [-1] * len(dataset)
-    keep: list[int] = []
-    gold: list[int] = []
-    for i, (label, completion) in enumerate(zip(labels, completions)):
-        if not 0 <= label < len(label_words):  # fall back to the completion text naming the label
-            label = parse_label(completion, label_words) if completion.strip() else None
-            label = -1 if label is None else label
-        if label >= 0:
-            keep.append(i)
-            gold.append(label)
-    if not keep:
-        raise StrataError(
-            "no example has a gold label among label_words; check the 'label' column and label_words"
-        )
+    keep, gold = _gold_labels(dataset, columns, label_words)
     kept_prompts = [prompts[i] for i in keep]
     extra: dict[str, Any] = {"n_unlabelled": len(dataset) - len(keep)}
 
@@ -169,19 +199,8 @@ def _run_classification(
             for i, g, p, q in zip(keep, gold, preds, preds_norm)
         ]
     else:
-        # only the first word(s) are parsed: a few tokens past the longest label word are enough
-        longest = max(
-            len(ids)
-            for ids in tokenizer([" " + w for w in label_words], add_special_tokens=False)["input_ids"]
-        )
-        generations = generate_texts(
-            model,
-            tokenizer,
-            kept_prompts,
-            max_new_tokens=min(max_new_tokens, longest + _LABEL_SLACK_TOKENS),
-            batch_size=batch_size,
-            max_length=max_length,
-        )
+        generations = _generate_labels(model, tokenizer, kept_prompts, label_words, batch_size, max_length,
+                                       max_new_tokens)
         parsed = [parse_label(text, label_words) for text in generations]
         records = [
             {"row": i, "gold": g, "pred": -1 if p is None else p} for i, g, p in zip(keep, gold, parsed)

@@ -15,7 +15,7 @@ from typing import Any
 from strata.data.encoding import encode_texts, generation_prompt, special_tokens
 from strata.errors import StrataError
 from strata.evaluation.answers import extract_number, first_label_word, has_final_answer_line, numbers_match
-from strata.evaluation.scoring import (
+from strata.evaluation.model_io import (
     decoder_start_id,
     eos_ids,
     eval_context,

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from strata.data.encoding import document_ids, encode_texts, special_tokens
 from strata.errors import StrataError
-from strata.evaluation.scoring import (
+from strata.evaluation.model_io import (
     decoder_start_id,
     eval_context,
     forward_accepts,

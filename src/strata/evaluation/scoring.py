@@ -6,15 +6,13 @@ score of the gold label is minus the summed loss of those tokens in the very tra
 per tokenizer family). Scoring never generates: each distinct context is run once for all its
 choices (:mod:`strata.evaluation.shared_context`); the one-row-per-choice path stays as the reference.
 
-The small helpers at the top (eval mode, device, padding, truncation) are shared by the other
-evaluation modules.
+The helpers every evaluation forward needs (eval mode, device, padding, positions) are in
+:mod:`strata.evaluation.model_io`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import inspect
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,133 +30,21 @@ from strata.data.encoding import (
     special_tokens,
 )
 from strata.errors import StrataError
-from strata.evaluation.shared_context import score_shared
+from strata.evaluation.model_io import (
+    decoder_start_id,
+    eval_context,
+    forward_accepts,
+    is_encoder_decoder,
+    model_device,
+    pad_batch,
+    pad_id,
+    position_ids_from_mask,
+)
+from strata.evaluation.shared_context import Scores, score_shared
 
 __all__ = ["ChoiceScores", "label_loglikelihoods", "score_choices"]
 
 
-# --------------------------------------------------------------------------- shared helpers
-def model_device(model: Any) -> torch.device:
-    """The device inputs must go to (the first parameter's, for models without ``.device``)."""
-    device = getattr(model, "device", None)
-    if isinstance(device, torch.device):
-        return device
-    for param in model.parameters():
-        return param.device
-    return torch.device("cpu")
-
-
-def is_encoder_decoder(model: Any) -> bool:
-    """Whether the prompt is the encoder input and the completion the decoder target."""
-    return bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
-
-
-@contextlib.contextmanager
-def eval_context(model: Any) -> Iterator[None]:
-    """Eval mode, no grad, no ambient autocast; restores training mode (the trainer calls us mid-run)."""
-    was_training = bool(getattr(model, "training", False))
-    model.eval()
-    device = model_device(model)
-    try:
-        autocast_off: contextlib.AbstractContextManager = torch.autocast(
-            device_type=device.type, enabled=False
-        )
-    except (RuntimeError, ValueError):  # device types without autocast support
-        autocast_off = contextlib.nullcontext()
-    try:
-        with torch.no_grad(), autocast_off:
-            yield
-    finally:
-        if was_training:
-            model.train()
-
-
-def forward_accepts(model: Any, name: str, strict: bool = False) -> bool:
-    """Whether ``model.forward`` takes keyword ``name``; unless ``strict``, ``**kwargs`` counts (PEFT
-    wrappers forward them), so only pass non-strict names every causal LM understands."""
-    try:
-        params = inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return False
-    if name in params:
-        return True
-    return not strict and any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-
-
-def _first_id(value: Any) -> int | None:
-    if isinstance(value, (list, tuple)):
-        return int(value[0]) if value else None
-    return None if value is None else int(value)
-
-
-def pad_id(tokenizer: Any, model: Any | None = None) -> int:
-    """A padding id that never changes results (padded positions are masked); pad, else eos, else 0."""
-    for candidate in (
-        getattr(tokenizer, "pad_token_id", None),
-        getattr(getattr(model, "config", None), "pad_token_id", None),
-        getattr(tokenizer, "eos_token_id", None),
-    ):
-        found = _first_id(candidate)
-        if found is not None:
-            return found
-    return 0
-
-
-def eos_ids(tokenizer: Any, model: Any | None = None) -> set[int]:
-    """Every id that ends a generation: the tokenizer's eos and the model's generation eos ids."""
-    found: set[int] = set()
-    sources = [getattr(tokenizer, "eos_token_id", None)]
-    if model is not None:
-        sources.append(getattr(getattr(model, "generation_config", None), "eos_token_id", None))
-        sources.append(getattr(getattr(model, "config", None), "eos_token_id", None))
-    for value in sources:
-        if isinstance(value, (list, tuple)):
-            found.update(int(v) for v in value)
-        elif value is not None:
-            found.add(int(value))
-    return found
-
-
-def decoder_start_id(model: Any) -> int:
-    """The encoder-decoder decoder start token, resolved as ``generate`` does (T5 falls back to pad)."""
-    gen = getattr(model, "generation_config", None)
-    cfg = getattr(model, "config", None)
-    for source, name in (
-        (gen, "decoder_start_token_id"),
-        (cfg, "decoder_start_token_id"),
-        (gen, "bos_token_id"),
-        (cfg, "bos_token_id"),
-        (cfg, "pad_token_id"),
-    ):
-        found = _first_id(getattr(source, name, None))
-        if found is not None:
-            return found
-    raise StrataError("the encoder-decoder model has no decoder_start_token_id; set it in its config")
-
-
-def pad_batch(
-    rows: Sequence[Sequence[int]], pad_value: int, side: str = "right"
-) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    """Pad to a rectangle; returns ids, attention mask and each row's offset (left padding shifts)."""
-    width = max(len(row) for row in rows)
-    ids = torch.full((len(rows), width), pad_value, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    offsets = []
-    for i, row in enumerate(rows):
-        offset = width - len(row) if side == "left" else 0
-        if row:
-            ids[i, offset : offset + len(row)] = torch.tensor(list(row), dtype=torch.long)
-            mask[i, offset : offset + len(row)] = 1
-        offsets.append(offset)
-    return ids, mask, offsets
-
-
-def position_ids_from_mask(mask: torch.Tensor) -> torch.Tensor:
-    """Positions counting only real tokens, so left padding does not shift absolute positions."""
-    return (mask.cumsum(-1) - 1).clamp(min=0)
-
-
-# --------------------------------------------------------------------------- scoring
 @dataclass
 class ChoiceScores:
     """Per (example, choice) log-likelihoods plus what the harness' normalised variants need."""
@@ -229,6 +115,33 @@ def score_choices(
 
     specials = special_tokens(tokenizer)
     prompt_ids = encode_texts(tokenizer, prompts)
+    choice_tok = _encode_choices(tokenizer, specials, per_example, max_length)
+    conts = [[choice_tok[ch] for ch in row] for row in per_example]
+    scores: Scores = (
+        torch.zeros((n, c), dtype=torch.float64),
+        torch.zeros((n, c), dtype=torch.long),
+        torch.zeros((n, c), dtype=torch.bool),
+    )
+    num_chars = torch.tensor([[len(ch) for ch in row] for row in per_example], dtype=torch.long)
+    pad = pad_id(tokenizer, model)
+    side = "right" if is_encoder_decoder(model) else getattr(tokenizer, "padding_side", "right")
+
+    with eval_context(model):
+        todo = list(range(n))  # examples the reference path scores
+        if reuse_context:
+            fast = score_shared(model, specials, prompt_ids, conts, max_length, pad, side, batch_size)
+            if fast is not None:
+                scores, leftover = fast
+                todo = sorted({i for i, _ in leftover})
+        _score_reference(model, specials, prompt_ids, conts, todo, max_length, pad, side, batch_size, scores)
+    loglik, num_tokens, greedy = scores
+    return ChoiceScores(loglik.float(), num_tokens, num_chars, greedy)
+
+
+def _encode_choices(
+    tokenizer: Any, specials: SpecialTokens, per_example: list[list[str]], max_length: int | None
+) -> dict[str, list[int]]:
+    """Token ids of each distinct choice text; a choice that is empty or cannot fit is refused."""
     unique_choices = sorted({ch for row in per_example for ch in row})
     choice_tok = dict(zip(unique_choices, encode_texts(tokenizer, unique_choices)))
     for text, ids in choice_tok.items():
@@ -239,41 +152,40 @@ def score_choices(
                 f"choice {text!r} needs {row_needs(specials, ids)} tokens with its prompt's first token and "
                 f"EOS > max_length={max_length}; raise max_length"
             )
+    return choice_tok
 
-    loglik = torch.zeros((n, c), dtype=torch.float64)
-    num_tokens = torch.zeros((n, c), dtype=torch.long)
-    greedy = torch.zeros((n, c), dtype=torch.bool)
-    num_chars = torch.tensor([[len(ch) for ch in row] for row in per_example], dtype=torch.long)
-    enc_dec = is_encoder_decoder(model)
-    pad = pad_id(tokenizer, model)
-    side = "right" if enc_dec else getattr(tokenizer, "padding_side", "right")
+
+def _score_reference(
+    model: Any,
+    specials: SpecialTokens,
+    prompt_ids: list[list[int]],
+    conts: list[list[list[int]]],
+    todo: list[int],
+    max_length: int | None,
+    pad: int,
+    side: str,
+    batch_size: int,
+    scores: Scores,
+) -> None:
+    """The reference path: one ``context + choice`` row per (example, choice) of the examples ``todo``,
+    written into ``scores`` in place."""
+    loglik, num_tokens, greedy = scores
+    c = len(conts[0])
     device = model_device(model)
-
-    with eval_context(model):
-        todo = list(range(n))  # examples the reference path scores
-        if reuse_context:
-            fast = score_shared(model, specials, prompt_ids, [[choice_tok[ch] for ch in row] for row in per_example],
-                                max_length, pad, side, batch_size)
-            if fast is not None:
-                (loglik, num_tokens, greedy), leftover = fast
-                todo = sorted({i for i, _ in leftover})
-        for start in range(0, len(todo), batch_size):
-            examples = todo[start : start + batch_size]
-            conts = [choice_tok[ch] for i in examples for ch in per_example[i]]
-            ctxs = [prompt_ids[i] for i in examples for _ in range(c)]
-            if enc_dec:
-                sums, counts, all_greedy = _score_encoder_decoder(
-                    model, specials, ctxs, conts, max_length, pad, device
-                )
-            else:
-                sums, counts, all_greedy = _score_decoder_only(
-                    model, specials, ctxs, conts, max_length, pad, side, device
-                )
-            rows = torch.tensor(examples)
-            loglik[rows] = sums.view(len(examples), c)
-            num_tokens[rows] = counts.view(len(examples), c)
-            greedy[rows] = all_greedy.view(len(examples), c)
-    return ChoiceScores(loglik.float(), num_tokens, num_chars, greedy)
+    for start in range(0, len(todo), batch_size):
+        examples = todo[start : start + batch_size]
+        flat = [cont for i in examples for cont in conts[i]]
+        ctxs = [prompt_ids[i] for i in examples for _ in range(c)]
+        if is_encoder_decoder(model):
+            sums, counts, all_greedy = _score_encoder_decoder(model, specials, ctxs, flat, max_length, pad, device)
+        else:
+            sums, counts, all_greedy = _score_decoder_only(
+                model, specials, ctxs, flat, max_length, pad, side, device
+            )
+        rows = torch.tensor(examples)
+        loglik[rows] = sums.view(len(examples), c)
+        num_tokens[rows] = counts.view(len(examples), c)
+        greedy[rows] = all_greedy.view(len(examples), c)
 
 
 def _gather_scores(

@@ -32,6 +32,14 @@ from strata.data.encoding import (
     decoder_context,
     encoder_input,
 )
+from strata.evaluation.model_io import (
+    decoder_start_id,
+    forward_accepts,
+    is_encoder_decoder,
+    model_device,
+    pad_batch,
+    position_ids_from_mask,
+)
 
 Scores = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # loglik float64 [N, C], num_tokens, is_greedy
 
@@ -77,8 +85,6 @@ def score_shared(
 ) -> tuple[Scores, list[tuple[int, int]]] | None:
     """Scores plus the (example, choice) pairs left to the reference path; ``None`` when this path does
     not apply to the model (then the reference path scores everything)."""
-    from strata.evaluation.scoring import decoder_start_id, is_encoder_decoder
-
     if is_encoder_decoder(model):
         scores = score_encoder_decoder_shared(model, specials, prompt_ids, conts, max_length, pad,
                                               decoder_start_id(model), batch_size)
@@ -88,6 +94,56 @@ def score_shared(
 
 def _batches(order: list[int], size: int) -> list[list[int]]:
     return [order[s : s + size] for s in range(0, len(order), size)]
+
+
+def _distinct_contexts(
+    specials: SpecialTokens,
+    prompt_ids: Sequence[Sequence[int]],
+    conts: list[list[list[int]]],
+    max_length: int | None,
+) -> tuple[list[list[int]], list[list[tuple[int, int]]]]:
+    """Each distinct context (the training row's, for that choice's length) and, per context, the
+    (example, choice) pairs it precedes."""
+    contexts: list[list[int]] = []
+    index: dict[tuple[int, ...], int] = {}
+    users: list[list[tuple[int, int]]] = []
+    for i, row in enumerate(conts):
+        for j, cont in enumerate(row):
+            budget = context_budget(max_length, len(completion_target(specials, cont)))
+            ctx = tuple(decoder_context(specials, prompt_ids[i], budget))
+            if ctx not in index:
+                index[ctx] = len(contexts)
+                contexts.append(list(ctx))
+                users.append([])
+            users[index[ctx]].append((i, j))
+    return contexts, users
+
+
+def _last_position_forward(
+    model: Any,
+    contexts: list[list[int]],
+    pad: int,
+    side: str,
+    takes_positions: bool,
+    with_cache: bool,
+    keep_ok: bool,
+    device: torch.device,
+) -> tuple[Any, torch.Tensor, list[int]]:
+    """One forward over padded contexts; returns the output, the mask and, per row, the logits position of
+    its last token (logits only from the first such position on, where the model takes ``logits_to_keep``)."""
+    ids, mask, offsets = pad_batch(contexts, pad, side)
+    kwargs: dict[str, Any] = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+    if takes_positions:
+        kwargs["position_ids"] = position_ids_from_mask(mask).to(device)
+    if forward_accepts(model, "use_cache"):
+        kwargs["use_cache"] = with_cache
+    kwargs.update(no_router_logits(model))
+    last = [off + len(ctx) - 1 for ctx, off in zip(contexts, offsets)]
+    first = min(last)
+    if first > 0 and keep_ok:
+        kwargs["logits_to_keep"] = ids.shape[1] - first
+        last = [p - first for p in last]
+    return model(**kwargs), mask, last
 
 
 def score_decoder_only_shared(
@@ -102,22 +158,9 @@ def score_decoder_only_shared(
 ) -> tuple[Scores, list[tuple[int, int]]]:
     """Score every choice of every example; returns the scores and the (example, choice) pairs left for
     the reference path (multi-token choices of a model that cannot continue from a cache)."""
-    from strata.evaluation.scoring import forward_accepts, model_device, pad_batch, position_ids_from_mask
-
     n, c = len(conts), len(conts[0])
     device = model_device(model)
-    contexts: list[list[int]] = []
-    index: dict[tuple[int, ...], int] = {}
-    users: list[list[tuple[int, int]]] = []  # per context: the (example, choice) pairs it precedes
-    for i in range(n):
-        for j, cont in enumerate(conts[i]):
-            budget = context_budget(max_length, len(completion_target(specials, cont)))
-            ctx = tuple(decoder_context(specials, prompt_ids[i], budget))
-            if ctx not in index:
-                index[ctx] = len(contexts)
-                contexts.append(list(ctx))
-                users.append([])
-            users[index[ctx]].append((i, j))
+    contexts, users = _distinct_contexts(specials, prompt_ids, conts, max_length)
     multi = any(len(cont) > 1 for row in conts for cont in row)
     with_cache = multi and forward_accepts(model, "cache", strict=True)
     takes_positions = forward_accepts(model, "position_ids")
@@ -131,19 +174,8 @@ def score_decoder_only_shared(
     # batch (batch_size * C) when no continuation rows follow, else batch_size contexts.
     order = sorted(range(len(contexts)), key=lambda k: len(contexts[k]))
     for batch in _batches(order, batch_size if multi else batch_size * c):
-        ids, mask, offsets = pad_batch([contexts[k] for k in batch], pad, side)
-        kwargs: dict[str, Any] = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
-        if takes_positions:
-            kwargs["position_ids"] = position_ids_from_mask(mask).to(device)
-        if forward_accepts(model, "use_cache"):
-            kwargs["use_cache"] = with_cache
-        kwargs.update(no_router_logits(model))
-        last = [off + len(contexts[k]) - 1 for k, off in zip(batch, offsets)]
-        first = min(last)
-        if first > 0 and keep_ok:
-            kwargs["logits_to_keep"] = ids.shape[1] - first
-            last = [p - first for p in last]
-        out = model(**kwargs)
+        out, mask, last = _last_position_forward(model, [contexts[k] for k in batch], pad, side, takes_positions,
+                                                 with_cache, keep_ok, device)
         rows, positions, targets, pairs = [], [], [], []
         cont_rows: list[int] = []
         cont_pairs: list[tuple[int, int]] = []
@@ -169,8 +201,6 @@ def score_decoder_only_shared(
 
 def no_router_logits(model: Any) -> dict[str, bool]:
     """``output_router_logits=False`` for models that take it (scores need no router aux loss)."""
-    from strata.evaluation.scoring import forward_accepts
-
     return {"output_router_logits": False} if forward_accepts(model, "output_router_logits", strict=True) else {}
 
 
@@ -178,8 +208,6 @@ def _continue_from_cache(model: Any, cache: Any, ctx_mask: torch.Tensor, cont_ro
                          cont_pairs: list[tuple[int, int]], conts: list[list[list[int]]], pad: int,
                          device: torch.device, acc: _Accumulator) -> None:
     """Feed ``choice[:-1]`` after its context's cached keys/values; position j predicts ``choice[j+1]``."""
-    from strata.evaluation.scoring import pad_batch
-
     cache.reorder_cache(torch.tensor(cont_rows, device=device))  # one cache row per continuation
     inputs = [conts[i][j][:-1] for i, j in cont_pairs]
     ids, mask, _ = pad_batch(inputs, pad, "right")
@@ -212,8 +240,6 @@ def score_encoder_decoder_shared(
 ) -> Scores | None:
     """Encode each example once; decode one row per distinct ``[start] + choice[:-1]`` over its
     repeated encoder outputs. ``None`` for models that take no precomputed ``encoder_outputs``."""
-    from strata.evaluation.scoring import forward_accepts, model_device, pad_batch
-
     if not (callable(getattr(model, "get_encoder", None)) and forward_accepts(model, "encoder_outputs", strict=True)):
         return None
     n, c = len(conts), len(conts[0])
