@@ -23,46 +23,49 @@ import argparse
 import json
 import shutil
 import time
-from collections import Counter
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from strata.errors import StrataError
+from strata.experiments.compare_arms import (
+    ALL_CONTROLS,
+    ALL_VARIANTS,
+    BASELINE,
+    SIZES,
+    Arm,
+    PlannedRun,
+    check_forwarded,
+    data_flags,
+    has_flag,
+    make_arms,
+    split_list,
+)
+from strata.experiments.compare_floor import compute_floor, domain_floor
+from strata.experiments.compare_results import run_diagnostics, run_summary, summarise_diagnostics
 
-ALL_VARIANTS = ("none", "attention", "routing", "layers", "moe")
-ALL_CONTROLS = ("dense_matched", "hash")
-BASELINE = "none"
-SIZES = ("tiny", "small")
-# Flags the harness sets per run; forwarding them would silently break the design.
-_RESERVED = {
-    "--model": "use --model_size (the harness picks stratified-<variant>-<size>)",
-    "--stratified_type": "use --variants",
-    "--stratum_source": "the hash control sets it; use --controls",
-    "--match_params": "the dense_matched control sets it; use --controls",
-    "--seed": "use --seeds N or --seed_list (initialisation seeds) and --data_seed (data order)",
-    "--output_dir": "is the comparison folder here; run folders are <output_dir>/runs/<arm>_seed<k>",
-    "--resume_from_checkpoint": "finished runs are skipped and unfinished ones restart from scratch",
-}
-
-
-@dataclass
-class Arm:
-    """One trained configuration: a stratified variant or a control."""
-
-    name: str
-    flags: list[str]
-    kind: str  # "variant" | "control"
-    description: str
-
-
-@dataclass
-class PlannedRun:
-    arm: Arm
-    seed: int
-    folder: Path
-    argv: list[str] = field(default_factory=list)
+# The harness in modules: arms and shared flags (compare_arms), the floor (compare_floor), what is read back
+# from a finished run (compare_results); planning, running and the command are here. Names importable from here:
+__all__ = [
+    "ALL_CONTROLS",
+    "ALL_VARIANTS",
+    "BASELINE",
+    "SIZES",
+    "Arm",
+    "PlannedRun",
+    "build_parser",
+    "compare",
+    "compute_floor",
+    "data_flags",
+    "domain_floor",
+    "main",
+    "make_arms",
+    "plan",
+    "run_diagnostics",
+    "run_one",
+    "run_summary",
+    "summarise_diagnostics",
+]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -105,83 +108,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+
+
 # ----------------------------------------------------------------------------------------------- planning
-def _split_list(text: str) -> list[str]:
-    return [item.strip() for item in text.replace(" ", ",").split(",") if item.strip()]
-
-
-def make_arms(variants: list[str], controls: list[str], size: str) -> list[Arm]:
-    """The arms in report order: the variants as given, then the controls."""
-    unknown = [v for v in variants if v not in ALL_VARIANTS]
-    if unknown:
-        raise StrataError(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(ALL_VARIANTS)}")
-    unknown = [c for c in controls if c not in ALL_CONTROLS]
-    if unknown:
-        raise StrataError(f"unknown control(s) {', '.join(unknown)}; choose from {', '.join(ALL_CONTROLS)} or none")
-    if len(set(variants)) != len(variants) or not variants:
-        raise StrataError("--variants must list each variant once, e.g. none,routing")
-    arms = [
-        Arm(v, ["--model", f"stratified-{v}-{size}"], "variant",
-            "dense baseline" if v == BASELINE else f"{v} mechanism, learned router")
-        for v in variants
-    ]
-    if "dense_matched" in controls:
-        arms.append(Arm("dense_matched", ["--model", f"stratified-none-{size}", "--match_params"], "control",
-                        "dense baseline widened to the routing variant's parameter count"))
-    if "hash" in controls:
-        arms.append(Arm("hash", ["--model", f"stratified-routing-{size}", "--stratum_source", "hash"], "control",
-                        "routing with token-hash strata (negative control)"))
-    return arms
-
-
-def _check_forwarded(forwarded: list[str]) -> None:
-    for arg in forwarded:
-        name = arg.split("=", 1)[0]
-        if name in _RESERVED:
-            raise StrataError(f"strata compare sets {name} itself: {_RESERVED[name]}")
-
-
-def _has_flag(argv: list[str], name: str) -> bool:
-    return any(a == name or a.startswith(name + "=") for a in argv)
-
-
-def data_flags(args: argparse.Namespace, forwarded: list[str]) -> list[str]:
-    """The forwarded flags plus the named mixture, or equal rates when --datasets has none."""
-    if args.mixture:
-        if _has_flag(forwarded, "--datasets") or _has_flag(forwarded, "--dataset"):
-            raise StrataError("--mixture multidomain defines the data; drop --dataset/--datasets")
-        from strata.experiments.multidomain import mixture_flags
-
-        return [*forwarded, *mixture_flags()]
-    if _has_flag(forwarded, "--datasets") and not _has_flag(forwarded, "--mixture_rates"):
-        n = _count_datasets(forwarded)
-        return [*forwarded, "--mixture_rates", *[repr(1.0 / n)] * n]
-    return list(forwarded)
-
-
-def _count_datasets(argv: list[str]) -> int:
-    """How many values follow --datasets (space- or comma-separated)."""
-    for i, arg in enumerate(argv):
-        if arg.startswith("--datasets="):
-            return len(_split_list(arg.split("=", 1)[1]))
-        if arg == "--datasets":
-            values = []
-            for value in argv[i + 1:]:
-                if value.startswith("--"):
-                    break
-                values.extend(_split_list(value))
-            return len(values)
-    return 0
-
-
 def plan(args: argparse.Namespace, forwarded: list[str]) -> tuple[Any, list[PlannedRun], dict[str, Any]]:
     """Validate everything once, before any training: the base config, steps, arms, seeds, run folders."""
     from strata.config import parse_run_config
 
-    _check_forwarded(forwarded)
+    check_forwarded(forwarded)
     base_flags = data_flags(args, forwarded)
     if args.token_budget is not None:
-        if _has_flag(forwarded, "--max_steps"):
+        if has_flag(forwarded, "--max_steps"):
             raise StrataError("pass either --token_budget or --max_steps, not both")
         probe = parse_run_config([*base_flags, "--data_seed", str(args.data_seed)])
         per_step = (probe.train.per_device_train_batch_size * probe.data.max_length
@@ -199,8 +136,8 @@ def plan(args: argparse.Namespace, forwarded: list[str]) -> tuple[Any, list[Plan
     seeds = list(args.seed_list) if args.seed_list else list(range(args.seeds))
     if not seeds or len(set(seeds)) != len(seeds):
         raise StrataError("give at least one seed, each once (--seeds N or --seed_list a b c)")
-    controls = [] if args.controls.strip().lower() in ("", "none") else _split_list(args.controls)
-    arms = make_arms(_split_list(args.variants), controls, args.model_size)
+    controls = [] if args.controls.strip().lower() in ("", "none") else split_list(args.controls)
+    arms = make_arms(split_list(args.variants), controls, args.model_size)
     output = Path(args.output_dir or default_output_dir(args, base))
     runs = []
     for seed in seeds:  # seed-major: a stopped comparison still has complete pairs
@@ -210,8 +147,14 @@ def plan(args: argparse.Namespace, forwarded: list[str]) -> tuple[Any, list[Plan
                     "--output_dir", str(folder)]
             parse_run_config(argv)  # fail now, not after an hour of training
             runs.append(PlannedRun(arm, seed, folder, argv))
+    setup = _setup(args, base, seeds, forwarded, output)
+    return base, runs, {"arms": arms, "setup": setup, "output": output}
+
+
+def _setup(args: argparse.Namespace, base: Any, seeds: list[int], forwarded: list[str], output: Path) -> dict[str, Any]:
+    """The shared settings every run of the comparison trains with, as results.json records them."""
     t = base.train
-    setup = {
+    return {
         "model_size": args.model_size,
         "seeds": seeds,
         "data_seed": args.data_seed,
@@ -227,7 +170,6 @@ def plan(args: argparse.Namespace, forwarded: list[str]) -> tuple[Any, list[Plan
         "forwarded_flags": forwarded,
         "output_dir": str(output),
     }
-    return base, runs, {"arms": arms, "setup": setup, "output": output}
 
 
 def default_output_dir(args: argparse.Namespace, base: Any) -> str:
@@ -265,148 +207,6 @@ def run_one(run: PlannedRun, index: int, total: int) -> dict[str, Any]:
     return {**record, "skipped": False}
 
 
-# ----------------------------------------------------------------------------------------------- floor
-def domain_floor(train_domains: list[str], train_labels: list[int], evals: list[Any]) -> dict[str, Any]:
-    """Per-domain majority label of the training rows, scored like a model on every evaluation source.
-
-    Ties go to the smallest label id; a domain absent from training falls back to its source's majority.
-    Overall = unweighted mean over sources, like ``eval_accuracy`` of a mixture.
-    """
-    from strata.evaluation.metrics import classification_metrics
-
-    counts: dict[str, Counter] = {}
-    for domain, label in zip(train_domains, train_labels):
-        if label >= 0:
-            counts.setdefault(domain, Counter())[int(label)] += 1
-    majority = {d: min(c.items(), key=lambda kv: (-kv[1], kv[0]))[0] for d, c in counts.items()}
-    per_source: dict[str, Any] = {}
-    for source in evals:
-        domains = [str(d) for d in source.dataset["domain"]]
-        labels = [int(x) for x in source.dataset["label"]]
-        seen = Counter(majority[d] for d in domains if d in majority)
-        fallback = seen.most_common(1)[0][0] if seen else 0
-        predictions = [majority.get(d, fallback) for d in domains]
-        metrics = classification_metrics(labels, predictions, list(source.label_words))
-        per_source[source.name] = {
-            "accuracy": metrics["accuracy"],
-            "macro_f1": metrics["macro_f1"],
-            "n": metrics["n"],
-            "predicted": {d: source.label_words[majority.get(d, fallback)] for d in sorted(set(domains))},
-        }
-    return {
-        "per_source": per_source,
-        "accuracy": sum(v["accuracy"] for v in per_source.values()) / max(1, len(per_source)),
-        "macro_f1": sum(v["macro_f1"] for v in per_source.values()) / max(1, len(per_source)),
-        "train_rows": len(train_labels),
-    }
-
-
-def compute_floor(base: Any) -> tuple[dict[str, Any], Any]:
-    """The floor over exactly the training rows a run consumes (the first max_steps x batch rows)."""
-    import os
-
-    from strata.data.pipeline import load_examples
-
-    data = base.data
-    data.hub_mirror = data.hub_mirror or os.environ.get("STRATA_HUB_MIRROR")
-    examples = load_examples(data, "sft", base.train.data_order_seed())
-    t = base.train
-    rows = min(len(examples.train), t.max_steps * t.per_device_train_batch_size * t.gradient_accumulation_steps)
-    head = examples.train.select(range(rows))
-    return domain_floor(list(head["domain"]), list(head["label"]), examples.evals), examples
-
-
-# ----------------------------------------------------------------------------------------------- collection
-def run_summary(folder: Path) -> dict[str, Any]:
-    """The numbers the report needs from one run folder's metrics.json."""
-    metrics = json.loads((folder / "metrics.json").read_text())
-    task = metrics.get("task_eval", {})
-    per_source = {tag: {"accuracy": m.get("accuracy"), "macro_f1": m.get("macro_f1"), "n": m.get("n")}
-                  for tag, m in task.items()}
-    subdomains = {f"{tag}/{d}": {"accuracy": v.get("accuracy"), "macro_f1": v.get("macro_f1"), "n": v.get("n")}
-                  for tag, m in task.items() for d, v in (m.get("per_domain") or {}).items()}
-    mean = {k: sum(v[k] for v in per_source.values()) / max(1, len(per_source)) for k in ("accuracy", "macro_f1")}
-    train = metrics.get("train", {})
-    runtime = float(train.get("train_runtime") or 0.0)
-    tokens = float(train.get("num_input_tokens_seen") or metrics.get("run", {}).get("token_budget") or 0)
-    return {
-        "per_source": per_source,
-        "overall": mean,
-        "subdomains": subdomains,
-        "parameters": int(metrics.get("run", {}).get("total_parameters", 0)),
-        "train_runtime": runtime,
-        "tokens_seen": tokens,
-        "tokens_per_second": tokens / runtime if runtime > 0 else float("nan"),
-        "train_loss": train.get("train_loss"),
-        "eval_loss": metrics.get("eval", {}).get("eval_loss"),
-    }
-
-
-# ----------------------------------------------------------------------------------------------- diagnostics
-def run_diagnostics(folder: Path, examples: Any, per_source: int, max_length: int, device: str) -> dict[str, Any]:
-    """Router diagnostics of one trained model on the evaluation prompts (tokens labelled by domain)."""
-    import torch
-
-    from strata.data.encoding import causal_row, decoder_context, encode_texts, special_tokens
-    from strata.evaluation.scoring import pad_batch, pad_id
-    from strata.experiments.diagnostics import collect_router_stats, routing_diagnostics
-    from strata.models.loading import load_trained
-
-    model, tokenizer = load_trained(str(folder / "final"), device=device)
-    if getattr(model.config, "model_type", "") != "stratified":
-        return {}
-    prompts, completions, domains = [], [], []
-    for source in examples.evals:
-        rows = source.dataset.select(range(min(per_source, len(source.dataset))))
-        prompts += rows["prompt"]
-        completions += rows["completion"]
-        domains += [str(d) for d in rows["domain"]]
-    names = sorted(set(domains))
-    ids = [names.index(d) for d in domains]
-    # The very rows training built (strata.data.encoding): prompt, completion, EOS; prompt cut from the left.
-    specials = special_tokens(tokenizer)
-    rows_ids = []
-    for p, c in zip(encode_texts(tokenizer, prompts), encode_texts(tokenizer, completions)):
-        row = causal_row(specials, p, c, max_length)
-        rows_ids.append(row[0] if row is not None else decoder_context(specials, p, max_length))
-    batches, domain_ids = [], []
-    for start in range(0, len(rows_ids), 16):
-        input_ids, mask, _ = pad_batch(rows_ids[start:start + 16], pad_id(tokenizer, model), "right")
-        batches.append({"input_ids": input_ids, "attention_mask": mask})
-        domain_ids.append(torch.tensor(ids[start:start + 16]))
-    stats = collect_router_stats(model, batches, domain_ids=domain_ids)
-    diag = routing_diagnostics(stats, n_permutations=100, max_points=1500)
-    diag["domain_names"] = names
-    return diag
-
-
-def summarise_diagnostics(diag: dict[str, Any]) -> dict[str, float]:
-    """Per run: router and k-means NMI / purity vs domain, averaged over layers, with the best layer's p."""
-    import math
-
-    layers = diag.get("layers") or []
-    out: dict[str, float] = {}
-    for key in ("router", "experts", "kmeans"):
-        entries = [layer[key] for layer in layers if key in layer]
-        if not entries:
-            continue
-        for metric in ("nmi", "purity"):
-            values = [e.get(metric) for e in entries if isinstance(e.get(metric), (int, float))]
-            nulls = [e.get(f"{metric}_null_mean") for e in entries if isinstance(e.get(f"{metric}_null_mean"), float)]
-            if values:
-                out[f"{key}_{metric}_mean"] = sum(values) / len(values)
-                out[f"{key}_{metric}_max"] = max(values)
-            if nulls:
-                out[f"{key}_{metric}_null_mean"] = sum(nulls) / len(nulls)
-        ps = [e.get("nmi_p_value") for e in entries if isinstance(e.get("nmi_p_value"), float)]
-        if ps:
-            out[f"{key}_nmi_p_min"] = min(ps)
-        if key == "router":
-            ent = [e.get("load_entropy_normalized") for e in entries]
-            ent = [v for v in ent if isinstance(v, float) and math.isfinite(v)]
-            if ent:
-                out["router_load_entropy_mean"] = sum(ent) / len(ent)
-    return out
 
 
 # ----------------------------------------------------------------------------------------------- main

@@ -22,6 +22,54 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(float(value))
 
 
+def _value(run: dict[str, Any], domain: str, metric: str) -> float:
+    source = run["overall"] if domain == OVERALL else run["per_source"].get(domain, {})
+    return float(source.get(metric, float("nan")))
+
+
+def _arm_summary(by_seed: dict[int, dict[str, Any]], domains: list[str]) -> dict[str, Any]:
+    """One arm over its seeds: mean ± 95% CI per domain and metric, size, speed, diagnostics."""
+    seeds = sorted(by_seed)
+    entry: dict[str, Any] = {"seeds": seeds, "domains": {}}
+    for domain in [*domains, OVERALL]:
+        entry["domains"][domain] = {
+            m: mean_ci([_value(by_seed[s], domain, m) for s in seeds]).to_dict() for m in METRICS
+        }
+    entry["parameters"] = max((by_seed[s]["parameters"] for s in seeds), default=0)
+    tps = [by_seed[s]["tokens_per_second"] for s in seeds if _finite(by_seed[s]["tokens_per_second"])]
+    entry["tokens_per_second"] = mean_ci(tps).to_dict() if tps else None
+    walls = [by_seed[s]["wall_seconds"] for s in seeds if _finite(by_seed[s].get("wall_seconds"))]
+    entry["wall_seconds_mean"] = sum(walls) / len(walls) if walls else None
+    diags = [by_seed[s]["diagnostics"] for s in seeds if by_seed[s].get("diagnostics")]
+    if diags:
+        keys = sorted({k for d in diags for k in d})
+        entry["diagnostics"] = {k: mean_ci([d[k] for d in diags if _finite(d.get(k))]).to_dict()
+                                for k in keys if any(_finite(d.get(k)) for d in diags)}
+    return entry
+
+
+def _paired_tests(by_arm: dict[str, dict[int, dict[str, Any]]], baseline: str,
+                  domains: list[str]) -> dict[str, Any]:
+    """Every other arm against the baseline, paired by seed, Holm-adjusted across arms per domain x metric."""
+    tests: dict[str, Any] = {}
+    others = [a for a in by_arm if a != baseline]
+    for domain in [*domains, OVERALL]:
+        for metric in METRICS:
+            rows = {}
+            for arm in others:
+                shared = sorted(set(by_arm[arm]) & set(by_arm[baseline]))
+                if not shared:
+                    continue
+                a = [_value(by_arm[arm][s], domain, metric) for s in shared]
+                b = [_value(by_arm[baseline][s], domain, metric) for s in shared]
+                rows[arm] = paired_test(a, b).to_dict()
+            adjusted = holm([rows[a]["t_p_value"] for a in rows])
+            for arm, p in zip(rows, adjusted):
+                rows[arm]["t_p_holm"] = p
+                tests.setdefault(arm, {}).setdefault(domain, {})[metric] = rows[arm]
+    return tests
+
+
 def build_results(command: str, setup: dict[str, Any], arms: list[Any], runs: list[dict[str, Any]],
                   floor: dict[str, Any]) -> dict[str, Any]:
     """Per arm x domain x metric: mean ± 95% CI over seeds, and the paired test against the baseline."""
@@ -30,49 +78,9 @@ def build_results(command: str, setup: dict[str, Any], arms: list[Any], runs: li
     by_arm: dict[str, dict[int, dict[str, Any]]] = {a: {} for a in arm_names}
     for r in runs:
         by_arm[r["arm"]][r["seed"]] = r
-
-    def value(run: dict[str, Any], domain: str, metric: str) -> float:
-        source = run["overall"] if domain == OVERALL else run["per_source"].get(domain, {})
-        return float(source.get(metric, float("nan")))
-
-    summary: dict[str, Any] = {}
-    for arm in arm_names:
-        seeds = sorted(by_arm[arm])
-        entry: dict[str, Any] = {"seeds": seeds, "domains": {}}
-        for domain in [*domains, OVERALL]:
-            entry["domains"][domain] = {
-                m: mean_ci([value(by_arm[arm][s], domain, m) for s in seeds]).to_dict() for m in METRICS
-            }
-        entry["parameters"] = max((by_arm[arm][s]["parameters"] for s in seeds), default=0)
-        tps = [by_arm[arm][s]["tokens_per_second"] for s in seeds if _finite(by_arm[arm][s]["tokens_per_second"])]
-        entry["tokens_per_second"] = mean_ci(tps).to_dict() if tps else None
-        walls = [by_arm[arm][s]["wall_seconds"] for s in seeds if _finite(by_arm[arm][s].get("wall_seconds"))]
-        entry["wall_seconds_mean"] = sum(walls) / len(walls) if walls else None
-        diags = [by_arm[arm][s]["diagnostics"] for s in seeds if by_arm[arm][s].get("diagnostics")]
-        if diags:
-            keys = sorted({k for d in diags for k in d})
-            entry["diagnostics"] = {k: mean_ci([d[k] for d in diags if _finite(d.get(k))]).to_dict()
-                                    for k in keys if any(_finite(d.get(k)) for d in diags)}
-        summary[arm] = entry
-
-    tests: dict[str, Any] = {}
+    summary = {arm: _arm_summary(by_arm[arm], domains) for arm in arm_names}
     baseline = arm_names[0] if arm_names and arm_names[0] == "none" else ("none" if "none" in arm_names else None)
-    if baseline is not None:
-        others = [a for a in arm_names if a != baseline]
-        for domain in [*domains, OVERALL]:
-            for metric in METRICS:
-                rows = {}
-                for arm in others:
-                    shared = sorted(set(by_arm[arm]) & set(by_arm[baseline]))
-                    if not shared:
-                        continue
-                    a = [value(by_arm[arm][s], domain, metric) for s in shared]
-                    b = [value(by_arm[baseline][s], domain, metric) for s in shared]
-                    rows[arm] = paired_test(a, b).to_dict()
-                adjusted = holm([rows[a]["t_p_value"] for a in rows])
-                for arm, p in zip(rows, adjusted):
-                    rows[arm]["t_p_holm"] = p
-                    tests.setdefault(arm, {}).setdefault(domain, {})[metric] = rows[arm]
+    tests = _paired_tests(by_arm, baseline, domains) if baseline is not None else {}
     return {
         "command": command,
         "setup": setup,
@@ -169,6 +177,38 @@ def findings(results: dict[str, Any], alpha: float = 0.05) -> list[str]:
     return out
 
 
+def _cost_table(results: dict[str, Any]) -> list[str]:
+    """Parameters, training tokens/s and wall time per arm."""
+    lines = ["", "## Cost", "", "| arm | parameters | tokens/s (train) | wall s per run |", "|---|---|---|---|"]
+    for arm, entry in results["summary"].items():
+        tps = entry.get("tokens_per_second") or {}
+        wall = entry.get("wall_seconds_mean")
+        lines.append(f"| {arm} | {entry['parameters']:,} | {_pm(tps, 1.0) if tps else '-'} | "
+                     f"{f'{wall:.0f}' if _finite(wall) else '-'} |")
+    return lines
+
+
+def _diagnostics_table(results: dict[str, Any]) -> list[str]:
+    """Router NMI / purity against their nulls and k-means, per arm (none without --diagnostics)."""
+    diag_arms = {a: e["diagnostics"] for a, e in results["summary"].items() if e.get("diagnostics")}
+    if not diag_arms:
+        return []
+    lines = ["", "## Router diagnostics (evaluation prompts, tokens labelled by domain)", "",
+             "Mean over layers, then over seeds. Null = shuffled-domain permutation mean (chance level); "
+             "k-means = k-means with k = S on the same hidden states the router reads.", "",
+             "| arm | router NMI | null NMI | min p (NMI) | router purity | null purity | k-means NMI | "
+             "load entropy |", "|---|---|---|---|---|---|---|---|"]
+    for arm, d in diag_arms.items():
+        def cell(key: str, d: dict[str, Any] = d) -> str:
+            v = d.get(key, {}).get("mean")
+            return f"{v:.3f}" if _finite(v) else "-"
+        lines.append(f"| {arm} | {cell('router_nmi_mean')} | {cell('router_nmi_null_mean')} | "
+                     f"{cell('router_nmi_p_min')} | {cell('router_purity_mean')} | "
+                     f"{cell('router_purity_null_mean')} | {cell('kmeans_nmi_mean')} | "
+                     f"{cell('router_load_entropy_mean')} |")
+    return lines
+
+
 def render_markdown(results: dict[str, Any], plots: list[str]) -> str:
     setup = results["setup"]
     lines = ["# Stratified variants: comparison results", "",
@@ -194,27 +234,8 @@ def render_markdown(results: dict[str, Any], plots: list[str]) -> str:
     for metric in METRICS:
         lines += ["", f"### {metric}", ""]
         lines += _test_table(results, metric)
-    lines += ["", "## Cost", "", "| arm | parameters | tokens/s (train) | wall s per run |", "|---|---|---|---|"]
-    for arm, entry in results["summary"].items():
-        tps = entry.get("tokens_per_second") or {}
-        wall = entry.get("wall_seconds_mean")
-        lines.append(f"| {arm} | {entry['parameters']:,} | {_pm(tps, 1.0) if tps else '-'} | "
-                     f"{f'{wall:.0f}' if _finite(wall) else '-'} |")
-    diag_arms = {a: e["diagnostics"] for a, e in results["summary"].items() if e.get("diagnostics")}
-    if diag_arms:
-        lines += ["", "## Router diagnostics (evaluation prompts, tokens labelled by domain)", "",
-                  "Mean over layers, then over seeds. Null = shuffled-domain permutation mean (chance level); "
-                  "k-means = k-means with k = S on the same hidden states the router reads.", "",
-                  "| arm | router NMI | null NMI | min p (NMI) | router purity | null purity | k-means NMI | "
-                  "load entropy |", "|---|---|---|---|---|---|---|---|"]
-        for arm, d in diag_arms.items():
-            def cell(key: str, d: dict[str, Any] = d) -> str:
-                v = d.get(key, {}).get("mean")
-                return f"{v:.3f}" if _finite(v) else "-"
-            lines.append(f"| {arm} | {cell('router_nmi_mean')} | {cell('router_nmi_null_mean')} | "
-                         f"{cell('router_nmi_p_min')} | {cell('router_purity_mean')} | "
-                         f"{cell('router_purity_null_mean')} | {cell('kmeans_nmi_mean')} | "
-                         f"{cell('router_load_entropy_mean')} |")
+    lines += _cost_table(results)
+    lines += _diagnostics_table(results)
     floor = results.get("floor") or {}
     if floor:
         lines += ["", "## Domain-only floor", "",
