@@ -13,7 +13,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from strata.experiments.router_stats import Batch, model_device, model_inputs
+from strata.evaluation.model_io import model_device
+from strata.experiments.router_stats import Batch, model_inputs
 
 __all__ = ["strata_disabled", "lm_loss", "ablation_matrix"]
 

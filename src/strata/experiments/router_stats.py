@@ -14,11 +14,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from strata.evaluation.model_io import model_device
 from strata.models.stratified.routers import router_input_site
 
 Batch = Mapping[str, torch.Tensor]
 
-__all__ = ["Batch", "RouterStats", "collect_router_stats", "model_inputs", "model_device"]
+__all__ = ["Batch", "RouterStats", "collect_router_stats", "model_inputs"]
 
 
 @dataclass
@@ -50,10 +51,6 @@ def model_inputs(batch: Batch) -> dict[str, Any]:
     return {
         k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "position_ids", "stratum_ids")
     }
-
-
-def model_device(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
 
 
 def _token_domains(batch: Batch, given: torch.Tensor | np.ndarray | None, ids: torch.Tensor) -> torch.Tensor:
