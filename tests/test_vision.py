@@ -182,6 +182,15 @@ def test_strata_train_on_sujet_writes_a_run_that_plain_transformers_reloads(tmp_
     assert child["loss"] == pytest.approx(result["eval"]["eval_loss"], abs=1e-5)
     assert child["generated"] == [s["generated"] for s in result["task_eval"]["samples"]]
 
+    # the saved folder is itself a model `strata train` continues from (weights and processor loaded, not rebuilt)
+    again = tmp_path / "again"
+    assert run_strata("train", "--dataset", SUJET, "--model", run / "final", "--max_steps", "1", "--hub_mirror",
+                      FIXTURES, "--runs_dir", again, "--eval_steps", "0", "--precision", "fp32",
+                      "--learning_rate", "0") == 0
+    continued = metrics(only_run(again))
+    assert continued["run"]["model_source"] == f"local:{run / 'final'}"
+    assert continued["eval"]["eval_loss"] == pytest.approx(result["eval"]["eval_loss"], abs=1e-5)  # lr 0: same weights
+
 
 @pytest.mark.parametrize("extra, message", [
     (["--model", "llama-tiny"], "needs a vision-language model .* 'llama' is text-only"),

@@ -221,8 +221,9 @@ FINANCE_SPECS: tuple[DatasetSpec, ...] = (
         answer_column="gold_index",
         prompt_template="context_qa",
         modes=("sft", "rl"),
-        schema_source="AdaptLLM/finance-tasks <config>/test.json (input, options, gold_index; FPB, FiQA_SA, "
-        "Headline not re-checked against files)",
+        schema_source="AdaptLLM/finance-tasks <config>/test.json (a JSON array; FPB, FiQA_SA, Headline: id, input, "
+        "options, gold_index, as loaders of those files read them; input is a few-shot prompt, the question last; "
+        "issue 17)",
         config_overrides={c: _adapt_override(c) for c in _ADAPT_CONFIGS},
     ),
 )

@@ -112,6 +112,9 @@ def _model_and_processor(config: RunConfig, train: VisionSplit, tokenizer_dir: P
         return model, processor, f"preset:{preset.name}", "scratch"
     if config.model.train_tokenizer:
         raise StrataError("--train_tokenizer builds a new vocabulary; a trained model folder keeps its own")
+    if config.model.init == "scratch":
+        raise StrataError(f"--init scratch: rebuilding {path} from its config is not wired for vision-language "
+                          "models; train the llava-tiny preset, or drop --init to continue from the weights")
     model, processor = vision_models.load_folder(str(path))
     return model, processor, f"local:{path}", "pretrained"
 
