@@ -168,7 +168,18 @@ def test_strata_train_on_sujet_writes_a_run_that_plain_transformers_reloads(tmp_
     assert result["status"] == "completed" and result["train"]["train_loss"] > 0
     assert {"eval_loss", "eval_exact_match", "eval_token_f1"} <= set(result["eval"])
     assert result["task_eval"]["examples"] == 2 and result["run"]["train_rows"] == 6
-    assert (run / "final" / "processor_config.json").is_file() and (run / "tensorboard").is_dir()
+    assert (run / "final" / "processor_config.json").is_file()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    assert {"train/loss", "eval/loss", "run/total_parameters"} <= set(events.Tags()["scalars"])
+    assert events.Scalars("run/total_parameters")[0].value == result["run"]["total_parameters"]
+    # `strata eval RUN` re-selects the run's eval rows and generates the same answers
+    assert run_strata("eval", run, "--hub_mirror", FIXTURES) == 0
+    again = json.loads((run / "eval_sujet-vision-qa.json").read_text())
+    assert again["task_eval"]["samples"] == result["task_eval"]["samples"]
+    assert again["eval"] == {k: result["eval"][k] for k in ("eval_exact_match", "eval_token_f1")}
 
     out = tmp_path / "child.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}

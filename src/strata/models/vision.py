@@ -56,6 +56,14 @@ def is_vision_config(config: Any) -> bool:
     return any(getattr(config, attr, None) is not None for attr in ("vision_config", "vision_tower"))
 
 
+def count_parameters(config: PretrainedConfig) -> int:
+    """Exact parameter count of a LLaVA config, built on the meta device (no memory)."""
+    import torch
+
+    with torch.device("meta"):
+        return sum(p.numel() for p in LlavaForConditionalGeneration(config).parameters())
+
+
 def make_processor(tokenizer: Any, config: PretrainedConfig) -> LlavaProcessor:
     """The processor for a LLaVA config: a CLIP image processor at the tower's size and the tokenizer with
     ``<image>``. The PIL backend, because transformers' default CLIP image processor needs torchvision."""

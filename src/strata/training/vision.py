@@ -17,12 +17,10 @@ import torch
 from transformers import Trainer
 
 from strata.config import RunConfig
-from strata.data.encoding import decoder_context
 from strata.data.vision import VisionCollator, VisionSplit, load_vision_split
 from strata.errors import RunFailed, StrataError
+from strata.evaluation.vision import evaluate_generation
 from strata.models import vision as vision_models
-
-MAX_NEW_TOKENS = 32  # answers are short spans ("$1,200", "2021"); the row length check keeps room for them
 
 # Flags the vision path does not use: a value other than the default is refused with the reason.
 UNUSED_FLAGS: dict[str, str] = {
@@ -119,41 +117,6 @@ def _model_and_processor(config: RunConfig, train: VisionSplit, tokenizer_dir: P
     return model, processor, f"local:{path}", "pretrained"
 
 
-def generate_answers(model: Any, collator: VisionCollator, features: list[dict], max_length: int) -> list[str]:
-    """Greedy answers, one example at a time (no padding to get wrong with the image tokens in front)."""
-    tokenizer = collator.tokenizer
-    device = next(model.parameters()).device
-    answers = []
-    model.eval()
-    with torch.no_grad():
-        for feature in features:
-            prompt_ids, pixel_values = collator.prompt_inputs([feature])
-            ids = torch.tensor([decoder_context(collator.specials, prompt_ids[0])], device=device)
-            budget = max(1, min(MAX_NEW_TOKENS, max_length - ids.shape[1]))
-            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
-                                 pixel_values=pixel_values.to(device, model.dtype), max_new_tokens=budget,
-                                 do_sample=False, num_beams=1, pad_token_id=tokenizer.pad_token_id,
-                                 eos_token_id=tokenizer.eos_token_id)
-            new = out[0, ids.shape[1]:].tolist()
-            if tokenizer.eos_token_id in new:
-                new = new[: new.index(tokenizer.eos_token_id)]
-            answers.append(tokenizer.decode(new, skip_special_tokens=True).strip())
-    return answers
-
-
-def evaluate_generation(model: Any, collator: VisionCollator, split: VisionSplit, max_length: int) -> dict:
-    """Exact match and token F1 of generated answers (evaluation.metrics: the QA metrics of the text path)."""
-    from strata.evaluation.metrics import exact_match, mean_token_f1
-
-    features = [dict(row, image_split=split.split) for row in split.examples]
-    predictions = generate_answers(model, collator, features, max_length)
-    references = [f["reference"] for f in features]
-    return {"exact_match": exact_match(predictions, references), "token_f1": mean_token_f1(predictions, references),
-            "examples": len(features),
-            "samples": [{"doc_id": f["doc_id"], "question": f["prompt"], "reference": r, "generated": p}
-                        for f, r, p in list(zip(features, references, predictions))[:5]]}
-
-
 def train_vision(config: RunConfig, dist, say) -> Any:
     """Train and evaluate a vision-language model on an image dataset; writes the usual run folder."""
     from strata.training.run import RunResult, _choose_folder
@@ -192,6 +155,25 @@ def train_vision(config: RunConfig, dist, say) -> Any:
             detach_log_file(handler)
 
 
+def _tensorboard(config: RunConfig, loaded, folder, tag: str) -> list:
+    """TensorBoard as the text recipe writes it: run metadata at step 0, then Trainer's logs, in tensorboard/."""
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers.integrations import TensorBoardCallback
+
+    from strata.training.callbacks import RunMetadataCallback
+
+    writer = SummaryWriter(log_dir=str(folder.tensorboard))
+    scalars = {"total_parameters": float(loaded.total_params), "trainable_parameters": float(loaded.trainable_params),
+               "world_size": 1.0}
+    texts = {"config": config.to_dict(), "model": {"source": loaded.source, "init": loaded.init, "kind": loaded.kind,
+                                                   "model_type": loaded.model.config.model_type},
+             "device": f"{loaded.device} x1", "precision": loaded.precision_description,
+             "datasets": {"tag": tag, "family": "qa (vision)", "sources": [config.data.dataset]}}
+    tensorboard = TensorBoardCallback(tb_writer=writer)
+    tensorboard.logging_dir = str(folder.tensorboard)  # the final evaluate() re-opens its writer here too
+    return [RunMetadataCallback(writer, scalars, texts), tensorboard]
+
+
 def _train_in(config: RunConfig, tag: str, train: VisionSplit, evaluation: VisionSplit, folder, say,
               progress: dict[str, bool]) -> dict:
     from strata.models.loading import LoadedModel, count_parameters, resolve_device, resolve_precision
@@ -213,7 +195,8 @@ def _train_in(config: RunConfig, tag: str, train: VisionSplit, evaluation: Visio
     trainer = Trainer(model=model, args=training_arguments(config, loaded, folder, has_eval=True),
                       train_dataset=train.examples.map(lambda _: {"image_split": train.split}),
                       eval_dataset=evaluation.examples.map(lambda _: {"image_split": evaluation.split}),
-                      data_collator=collator, processing_class=processor)
+                      data_collator=collator, processing_class=processor,
+                      callbacks=_tensorboard(config, loaded, folder, tag))
     progress["training"] = True
     output = trainer.train()
     eval_metrics = dict(trainer.evaluate())
