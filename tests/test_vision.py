@@ -94,6 +94,12 @@ def test_collator_labels_only_the_answer_and_eos(built):
         # the labelled tokens are the row's last real tokens: the prompt (question, image) stays unlabelled
         real = int(batch["attention_mask"][row].sum())
         assert ids[real - len(labelled): real].tolist() == labelled
+    # the length check before training agrees with the rows the collator builds (to the token)
+    split = load_vision_split(registry.get_spec(SUJET), "train", str(FIXTURES))
+    longest = int(batch["attention_mask"].sum(1).max())
+    VisionCollator(processor, {"train": split.images}, max_length=longest).check_lengths(split)
+    with pytest.raises(StrataError, match=f"needs {longest} tokens"):
+        VisionCollator(processor, {"train": split.images}, max_length=longest - 1).check_lengths(split)
 
 
 def test_the_image_reaches_the_model_and_a_repeated_batch_is_learned(built):
@@ -211,6 +217,7 @@ def test_strata_train_on_sujet_writes_a_run_that_plain_transformers_reloads(tmp_
     (["--streaming"], "--streaming"),
     (["--load_in_4bit"], "load_in_4bit|4-bit"),
     (["--use_lora"], "--use_lora is not used by the vision path"),
+    (["--max_length", "30"], r"example 'doc_000\d' needs \d+ tokens \(16 of them the image's\) but --max_length is 30"),
 ])
 def test_what_the_vision_path_cannot_honour_is_refused_in_one_line(extra, message, tmp_path, capsys):
     args = ["train", "--dataset", SUJET, "--model", "llava-tiny", "--hub_mirror", FIXTURES, "--runs_dir",

@@ -25,6 +25,7 @@ from strata.data.spec import DatasetSpec
 from strata.errors import StrataError
 
 IMAGE_COLUMN = "image"
+IMAGE_TOKEN = "<image>"  # what the prompt holds where the processor puts the image tokens
 PAIRS_COLUMN = "qa_pairs"
 ID_COLUMN = "doc_id"
 
@@ -122,6 +123,27 @@ class VisionCollator:
         mask = encoded["attention_mask"].bool()
         ids = [row[keep].tolist() for row, keep in zip(encoded["input_ids"], mask)]
         return ids, encoded["pixel_values"]
+
+    def check_lengths(self, split: VisionSplit) -> None:
+        """Refuse before training when a row would exceed ``max_length``: the image tokens cannot be cut.
+
+        The processor expands one example's ``<image>`` (its count is the processor's); the text around it is
+        tokenized as the collator will, so the lengths are the rows' without decoding every image.
+        """
+        if self.max_length is None or len(split.examples) == 0:
+            return
+        first = dict(split.examples[0], image_split=split.split)
+        image_id = self.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+        expanded = self.prompt_inputs([first])[0][0].count(image_id)
+        prompts = encode_texts(self.tokenizer, split.examples["prompt"])
+        answers = encode_texts(self.tokenizer, split.examples["completion"])
+        extra = len(self.specials.prefix) + (self.specials.eos is not None)
+        lengths = [len(p) + p.count(image_id) * (expanded - 1) + len(a) + extra for p, a in zip(prompts, answers)]
+        longest = max(range(len(lengths)), key=lengths.__getitem__)
+        if lengths[longest] > self.max_length:
+            raise StrataError(f"{split.split} example {split.examples[longest][ID_COLUMN]!r} needs {lengths[longest]} "
+                              f"tokens ({expanded} of them the image's) but --max_length is {self.max_length}; raise "
+                              "--max_length (image tokens cannot be cut)")
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         prompt_ids, pixel_values = self.prompt_inputs(features)

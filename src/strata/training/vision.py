@@ -197,6 +197,8 @@ def _train_in(config: RunConfig, tag: str, train: VisionSplit, evaluation: Visio
                       eval_dataset=evaluation.examples.map(lambda _: {"image_split": evaluation.split}),
                       data_collator=collator, processing_class=processor,
                       callbacks=_tensorboard(config, loaded, folder, tag))
+    collator.check_lengths(train)
+    collator.check_lengths(evaluation)
     progress["training"] = True
     output = trainer.train()
     eval_metrics = dict(trainer.evaluate())
