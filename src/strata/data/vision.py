@@ -67,7 +67,8 @@ class VisionSplit:
 
 def load_vision_split(spec: DatasetSpec, split: str, mirror: str | None, *, max_examples: int | None = None,
                       seed: int = 0, shuffle: bool = False) -> VisionSplit:
-    """Load one split and flatten it to one example per Q/A pair (shuffled with ``seed`` when asked)."""
+    """Load one split and flatten it to one example per Q/A pair (shuffled with ``seed`` when asked, and before
+    ``max_examples`` takes its subset)."""
     raw = hub.load_split(spec.id, None, split, mirror)
     missing = [c for c in (IMAGE_COLUMN, PAIRS_COLUMN) if c not in raw.column_names]
     if missing:
@@ -87,8 +88,8 @@ def load_vision_split(spec: DatasetSpec, split: str, mirror: str | None, *, max_
             columns["image_row"].append(index)
             columns[ID_COLUMN].append(str(doc_id or index))
     examples = datasets.Dataset.from_dict(columns)
-    if shuffle:
-        examples = examples.shuffle(seed=seed)
+    if shuffle or (max_examples is not None and max_examples < len(examples)):  # a capped subset is seeded, as
+        examples = examples.shuffle(seed=seed)  # formatting.load_formatted takes one (every document may appear)
     if max_examples is not None and max_examples < len(examples):
         examples = examples.select(range(max_examples))
     return VisionSplit(examples=examples, images=raw.select_columns([IMAGE_COLUMN]), split=split)
