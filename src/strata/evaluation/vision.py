@@ -56,8 +56,11 @@ def evaluate_generation(model: Any, collator: VisionCollator, split: VisionSplit
 def is_vision_folder(folder: Path) -> bool:
     """A model folder whose config takes images (a vision run's final/)."""
     config = folder / "config.json"
-    return config.is_file() and any(json.loads(config.read_text()).get(key) is not None
-                                    for key in ("vision_config", "vision_tower"))
+    try:
+        values = json.loads(config.read_text()) if config.is_file() else {}
+    except ValueError:  # not JSON: the model loader reports it in one line
+        return False
+    return isinstance(values, dict) and any(values.get(key) is not None for key in ("vision_config", "vision_tower"))
 
 
 def eval_vision_folder(folder: Path, data, seed: int, device: str, max_new_tokens: int | None) -> dict:
