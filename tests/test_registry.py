@@ -154,7 +154,7 @@ def test_vision_dataset_fails_fast_for_text_model():
     with pytest.raises(StrataError, match="needs a vision-language model .* 'gpt2' is text-only"):
         registry.check_model_supports(spec, GPT2Config())
     registry.check_model_supports(registry.get_spec("imdb"), GPT2Config())
-    # a vision-language model is refused too (tests/test_registry_access.py): images never reach it yet
+    # a vision-language model takes it through its processor (tests/test_vision.py)
 
 
 def test_format_table_lists_every_dataset():

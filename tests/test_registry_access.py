@@ -132,23 +132,23 @@ def test_a_mirrored_copy_of_a_gated_dataset_needs_no_token(monkeypatch, no_hub_d
     assert not no_hub_download
 
 
-# --- Why, bullet 7: the vision set is refused for a text model, and for every model (images never reach one)
-def test_vision_dataset_is_refused_for_every_model(capsys, tmp_path):
+# --- Why, bullet 7: the vision set is refused for a text model; a vision-language model takes it through its
+# processor (training/vision.py, tests/test_vision.py), and the text formatter never sees it
+def test_vision_dataset_is_refused_for_a_text_model(capsys, tmp_path):
     from transformers import GPT2Config
 
     spec = registry.get_spec("sujet_finance_qa_vision")
-    assert spec.status == "unsupported" and spec.requires_vision
-    with pytest.raises(StrataError, match="needs a vision-language model .* 'gpt2' is text-only"):
+    assert spec.status == "checked_against_card" and spec.requires_vision
+    with pytest.raises(StrataError, match="needs a vision-language model .* 'gpt2' is text-only; use --model llava-tiny"):
         registry.check_model_supports(spec, GPT2Config())
 
     class VisionConfig:
         model_type = "llava"
         vision_config = object()
 
-    with pytest.raises(StrataError, match="does not pass images through a processor yet"):
-        registry.check_model_supports(spec, VisionConfig())
-    with pytest.raises(StrataError, match="is not supported: its questions are about an image"):
-        load_formatted(spec.hub_id, mirror=FIXTURES)  # even with the rows at hand
+    registry.check_model_supports(spec, VisionConfig())  # a vision-language model goes on to the vision path
+    with pytest.raises(StrataError, match="has images: it trains only with a vision-language model"):
+        load_formatted(spec.hub_id, mirror=FIXTURES)  # as text it would lose the images
     code = run_strata("train", "--dataset", spec.hub_id, "--runs_dir", str(tmp_path / "runs"), "--max_steps", "1")
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("error: ")]  # (library warnings aside)
@@ -199,7 +199,7 @@ def test_datasets_table_shows_status_and_source(capsys):
     expected = {"stanfordnlp/imdb": ("verified_offline", "mirror"),
                 "TheFinAI/fiqa-sentiment-classification": ("checked_against_card", "hub card"),
                 "deepmind/math_dataset": ("unsupported", "hub loader math_dataset.py"),
-                "sujet-ai/Sujet-Finance-QA-Vision-100k": ("unsupported", "hub card + issue"),
+                "sujet-ai/Sujet-Finance-QA-Vision-100k": ("checked_against_card", "hub card + issue"),
                 "yale-nlp/FinanceMath": ("checked_against_card+", "hub card")}
     for hub_id, (status, source) in expected.items():
         line = next(line for line in lines if line.startswith(hub_id + " "))

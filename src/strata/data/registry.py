@@ -50,30 +50,35 @@ def get_spec(id_or_alias: str) -> DatasetSpec:
 
 
 def unsupported_refusal(spec: DatasetSpec) -> str | None:
-    """The one-line refusal for an entry Strata cannot train on whatever the source (the vision set)."""
-    if spec.requires_vision:
+    """The one-line refusal for formatting an image dataset as text: its images reach a model only through the
+    vision path (``training/vision.py``), never through the text formatter."""
+    if spec.requires_vision and spec.status == "unsupported":
         return (f"dataset '{spec.hub_id}' is not supported: {spec.status_reason}; no model can train on it "
                 "with Strata today (see docs/datasets.md)")
+    if spec.requires_vision:
+        return (f"dataset '{spec.hub_id}' has images: it trains only with a vision-language model ({VISION_MODELS}), "
+                "whose processor receives the images; as text it would lose them")
     return None
 
 
-def check_model_supports(spec: DatasetSpec, model_config: Any) -> None:
-    """Fail fast when an image dataset meets any model (before any download or training).
+VISION_MODELS = "--model llava-tiny, or a LLaVA model folder with its processor"
 
-    A text-only model is told so; a vision-language model is refused too, because Strata does not yet pass the
-    images through a processor, and training on the text alone would not be the task.
-    """
+
+def check_model_supports(spec: DatasetSpec, model_config: Any) -> None:
+    """Fail fast when an image dataset meets a text-only model (before any download or training)."""
     if not spec.requires_vision:
         return
     has_vision = any(
         getattr(model_config, attr, None) is not None
         for attr in ("vision_config", "vision_tower", "image_token_id")
     )
+    if has_vision and spec.status != "unsupported":
+        return
     if not has_vision:
         model_type = getattr(model_config, "model_type", type(model_config).__name__)
         raise StrataError(
             f"dataset '{spec.hub_id}' needs a vision-language model (it has images), but '{model_type}' is text-only; "
-            "and Strata does not pass images through a processor yet, so it is refused for every model"
+            f"use {VISION_MODELS}"
         )
     raise StrataError(unsupported_refusal(spec) or f"dataset '{spec.hub_id}' is not supported")
 
@@ -161,7 +166,7 @@ def _status_line(spec: DatasetSpec) -> str:
     extras = [
         "gated on the hub (needs `hf auth login` or HF_TOKEN)" if spec.gated else "",
         "streamed by default (too large to download whole)" if spec.streams_by_default else "",
-        "needs a vision-language model" if spec.requires_vision else "",
+        f"needs a vision-language model ({VISION_MODELS})" if spec.requires_vision else "",
         f"hub revision {spec.revision}" if spec.revision else "",
     ]
     return "; ".join([text, *[e for e in extras if e]])
@@ -191,9 +196,14 @@ def describe(dataset_id: str, config: str | None = None, mirror: str | None = No
     if spec.label_words:
         lines.append("labels:   " + ", ".join(f"{i}={w}" for i, w in enumerate(spec.label_words)))
     try:
-        example = load_formatted(
-            spec.hub_id, config, mode=spec.modes[0], mirror=mirror, purpose="eval", max_examples=1
-        ).dataset[0]
+        if spec.requires_vision:  # one Q/A pair with its image (data/vision.py), not the text formatter's refusal
+            from strata.data.vision import describe_example
+
+            example = describe_example(spec, mirror)
+        else:
+            example = load_formatted(
+                spec.hub_id, config, mode=spec.modes[0], mirror=mirror, purpose="eval", max_examples=1
+            ).dataset[0]
     except StrataError as err:
         lines.append(f"example:  not available offline ({err})")
     else:

@@ -165,20 +165,19 @@ FINANCE_SPECS: tuple[DatasetSpec, ...] = (
         family="qa",
         domain="sujet_vision",
         tag="sujet-vision-qa",
-        description="Financial document images, one row per image with a qa_pairs string of several Q/A pairs",
+        description="Financial document images (9.8k), one row per image with a qa_pairs string of several Q/A "
+        "pairs: one example per pair, the image through a vision-language model's processor",
         aliases=("sujet_finance_qa_vision",),
         eval_split="test",
+        eval_note="splits train / test; one example per Q/A pair; evaluated by generation (exact match, token F1)",
         text_column=None,
-        question_column="content",
         answer_column="qa_pairs",
-        prompt_template="context_qa",
+        prompt_template="<image>\nQuestion: {question}\nAnswer:",
         modes=("sft",),
         requires_vision=True,
-        status="unsupported",
-        status_reason="its questions are about an image, and Strata does not pass images through a processor "
-        "yet (text alone would train on 'document text -> Q/A blob')",
-        schema_source="huggingface.co/datasets/sujet-ai/Sujet-Finance-QA-Vision-100k (card; issue 17: one row "
-        "per image, content and a qa_pairs string)",
+        schema_source="huggingface.co/datasets/sujet-ai/Sujet-Finance-QA-Vision-100k (card: doc_id, content, image, "
+        "qa_pairs; qa_pairs a string of a list of {question, answer} objects, read by its users with eval(); "
+        "issue 17)",
     ),
     DatasetSpec(
         hub_id="yale-nlp/FinanceMath",
@@ -222,8 +221,9 @@ FINANCE_SPECS: tuple[DatasetSpec, ...] = (
         answer_column="gold_index",
         prompt_template="context_qa",
         modes=("sft", "rl"),
-        schema_source="AdaptLLM/finance-tasks <config>/test.json (input, options, gold_index; FPB, FiQA_SA, "
-        "Headline not re-checked against files)",
+        schema_source="AdaptLLM/finance-tasks <config>/test.json (a JSON array; FPB, FiQA_SA, Headline: id, input, "
+        "options, gold_index, as loaders of those files read them; input is a few-shot prompt, the question last; "
+        "issue 17)",
         config_overrides={c: _adapt_override(c) for c in _ADAPT_CONFIGS},
     ),
 )

@@ -84,6 +84,15 @@ def run_eval(argv: list[str]) -> int:
     mode = run_args.get("mode", "sft")
     if mode == "rl":
         mode = "sft"
+    from strata.evaluation.vision import eval_vision_folder, is_vision_folder
+
+    if is_vision_folder(_model_folder(Path(target))):  # images through the processor (evaluation/vision.py)
+        result = eval_vision_folder(_model_folder(Path(target)), data, seed, options.device, options.max_new_tokens)
+        out = options.output or (str(Path(target) / f"eval_{result['dataset']}.json") if is_run else None)
+        if out:
+            Path(out).write_text(json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")
+        print(json.dumps({"dataset": result["dataset"], "split": result["split"], **result["metrics"]}, indent=2))
+        return 0
     # The model first: a folder without one fails before any data loads.
     model, tokenizer = load_trained(str(_model_folder(Path(target))), data.hub_mirror, options.device,
                                     quantization=_run_quantization(run_args, _model_folder(Path(target)),

@@ -113,10 +113,13 @@ def _research_presets() -> list[Preset]:
     """TTT and stratified presets live beside their modeling files."""
     from strata.models.stratified import STRATIFIED_PRESETS
     from strata.models.ttt import TTT_PRESETS
+    from strata.models.vision import VISION_DESCRIPTIONS, VISION_PRESETS
 
     presets = [Preset(name, "TTT language model (Sun et al., 2024)", make) for name, make in TTT_PRESETS.items()]
     presets += [Preset(name, "Stratified decoder (see docs/stratified.md)", make)
                 for name, make in STRATIFIED_PRESETS.items()]
+    presets += [Preset(name, VISION_DESCRIPTIONS[name], make, tokenizer="bpe:1024")  # LLaVA: training/vision.py
+                for name, make in VISION_PRESETS.items()]
     return presets
 
 

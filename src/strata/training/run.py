@@ -80,6 +80,10 @@ def train(config: RunConfig) -> RunResult:
         raise StrataError("--multi_gpu without a launcher is started by `strata train` / train.py, which runs the "
                           "workers; use those, or launch this call under torchrun")
     preflight(config)
+    from strata.training.vision import train_vision, vision_requested  # images through a processor
+
+    if vision_requested(config):
+        return train_vision(config, dist, say)
     mirror = data_args.hub_mirror
     if dist.world_size > 1:  # before anything asks accelerate for its state (see start_process_group)
         start_process_group(train_args.ddp_backend, cpu=resolve_device(model_args.device) == "cpu")
@@ -177,8 +181,8 @@ def preflight(config: RunConfig) -> None:
 
 
 def refuse_vision_data(config: RunConfig) -> None:
-    """An image dataset fails here, before any data is read: a text-only model is told so, and a
-    vision-language model too (Strata does not pass images through a processor yet)."""
+    """An image dataset with a text-only model fails here, before any data is read (a vision-language model
+    goes on to training/vision.py)."""
     from strata.data.registry import REGISTRY, check_model_supports, unsupported_refusal
     from strata.hub import canonical_dataset_id, looks_like_path
 
@@ -186,7 +190,7 @@ def refuse_vision_data(config: RunConfig) -> None:
         spec = None if looks_like_path(dataset_id) else REGISTRY.get(canonical_dataset_id(dataset_id))
         if spec is not None and spec.requires_vision:
             model_config = config_from_flags(config.model, config.data.hub_mirror)
-            if model_config is None:  # refused for every model: images never reach one yet
+            if model_config is None:  # a hub id not here: only the vision path's models are known to take images
                 raise StrataError(unsupported_refusal(spec) or f"dataset '{spec.hub_id}' is not supported")
             check_model_supports(spec, model_config)
 
