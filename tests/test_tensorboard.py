@@ -89,3 +89,17 @@ def test_rl_run_has_one_event_file_and_its_hparams(tmp_path):
     # metrics.json's samples are the last ones written: the final evaluation's
     logged = events.Tensors("rl/eval_samples/text_summary")[-1].tensor_proto.string_val[0].decode()
     assert result["samples"] and all(repr(s["completion"]) in logged for s in result["samples"])
+
+
+def test_pretrain_run_has_one_event_file_and_its_loss_in_hparams(tmp_path):
+    runs = tmp_path / "runs"
+    assert run_strata("train", *FAST, "--mode", "pretrain", "--max_steps", "2", "--max_train_examples", "64",
+                      "--runs_dir", runs) == 0
+    run = only_run(runs)
+    assert len(list(run.rglob("events.out.tfevents*"))) == 1
+    events, hparams, tags = _read(run)
+    result = metrics(run)
+    assert hparams["mode"] == "pretrain" and hparams["max_length"] == 96
+    expected = _numbers(result["train"], result["eval"])
+    assert "eval_loss" in expected
+    _check_metrics(events, tags, expected)

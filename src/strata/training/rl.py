@@ -507,6 +507,7 @@ def run_rl(config: Any, examples: Any, loaded: Any, folder: Any, checkpoint: Any
         progress["training"] = True
     train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     if guard.divergence is not None:
+        board.close()
         stop_diverged(guard, folder, dist.is_main, train_output.metrics)
     final_eval = trainer.evaluate() if eval_dataset is not None else {}
     samples = trainer.strata_samples_callback.history

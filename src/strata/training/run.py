@@ -139,6 +139,7 @@ def _train_in_folder(config: RunConfig, examples: Examples, folder: RunFolder, c
     progress["training"] = True
     train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     if trainer.nan_guard.divergence is not None:
+        trainer.run_board.close()
         stop_diverged(trainer.nan_guard, folder, dist.is_main, train_output.metrics)
     final_metrics = trainer.evaluate() if (tokenized.eval is not None or trainer.task_eval) else {}
 
