@@ -210,7 +210,7 @@ def test_encoder_decoder_scores_and_generates_from_the_training_row(arch):
 def test_rl_prompts_are_the_training_rows_context(family, tmp_path):
     """TRL tokenizes GRPO prompts itself (``processing_class(text=prompts)``): what it gets back must be
     the SFT row's context, so RL and SFT condition on the same ids."""
-    from strata.training.rl import prompt_tokenizer
+    from strata.training.rl_tokenizer import prompt_tokenizer
 
     tok, prefix = decoder_tokenizer(family, tmp_path)
     rows = tokenize_completions(_sft_rows(), tok, 512)

@@ -153,13 +153,58 @@ def test_grpo_smoke_two_steps(tokenizer, tmp_path):
 def test_prompt_tokenizer_drops_appended_eos(tokenizer):
     from transformers import ByT5Tokenizer
 
-    from strata.training.rl import prompt_tokenizer
+    from strata.training.rl_tokenizer import prompt_tokenizer
 
     safe = prompt_tokenizer(tokenizer)
     assert tokenizer("ab")["input_ids"][-1] == tokenizer.eos_token_id  # what TRL would feed as the prompt
     assert safe(text=["ab", "c"])["input_ids"] == [[100, 101], [102]]
     assert isinstance(safe, ByT5Tokenizer) and type(safe).__name__ == "ByT5Tokenizer"
     assert tokenizer("ab")["input_ids"][-1] == tokenizer.eos_token_id  # the original is untouched
+
+
+def test_samples_are_what_the_reward_functions_received(tokenizer, tmp_path):
+    """The logged samples (public route: a recording wrapper around each reward) equal, text for text, what
+    TRL handed the reward function, and TRL still names the reward by the function's own name."""
+    seen = []
+
+    def echo_length(prompts, completions, **kwargs):
+        seen.append((list(prompts), list(completions)))
+        return [float(len(c)) for c in completions]
+
+    trainer = small_trainer(tokenizer, tmp_path, [echo_length], None, per_device_train_batch_size=4,
+                            max_completion_length=6, num_samples_to_log=3, beta=0.0, bf16=False)
+    trainer.train()
+    step, tag, samples = trainer.strata_samples_callback.history[-1]
+    prompts, completions = seen[-1]
+    assert (step, tag, len(samples), len(completions)) == (1, "rl/train_samples", 3, 4)
+    assert [s["prompt"] for s in samples] == [p[-400:] for p in prompts[-3:]]
+    assert [s["completion"] for s in samples] == completions[-3:]
+    assert [s["rewards"] for s in samples] == [{"echo_length": float(len(c))} for c in completions[-3:]]
+    assert "rewards/echo_length/mean" in {k for entry in trainer.state.log_history for k in entry}
+
+
+def test_prompt_tokenizer_drops_a_fast_tokenizers_appended_eos():
+    """A tokenizers-backed tokenizer that frames text as ``<s> text </s>``: the prompt ids are ``<s>`` + the
+    text's ids (the plain call without special tokens), for one text and a batch, as lists and tensors."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from strata.training.rl_tokenizer import prompt_tokenizer
+
+    backend = Tokenizer(models.BPE(unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.train_from_iterator(["a great film", "an awful film"], trainer=trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<pad>", "<s>", "</s>", "<unk>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    backend.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=[("<s>", 1), ("</s>", 2)])
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    texts = ["a great film", "awful"]
+    safe = prompt_tokenizer(tok)
+    plain = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    assert safe(text=texts)["input_ids"] == [[1, *ids] for ids in plain]
+    assert safe(texts[0], return_tensors="pt")["input_ids"].tolist() == [[1, *plain[0]]]
+    assert tok(texts[0])["input_ids"] == [1, *plain[0], 2]  # the original still frames with </s>
 
 
 def test_reward_model_is_added_last_with_its_weight(tokenizer, tmp_path):

@@ -10,7 +10,7 @@ import pytest
 from helpers import FAST, only_run, run_strata
 
 from strata.errors import StrataError
-from strata.training.run_folder import RunFolder, new_run_folder
+from strata.training.run_folder import RunFolder, latest_checkpoint, new_run_folder
 
 
 def cannot_build(*args, **kwargs):
@@ -77,3 +77,22 @@ def test_a_folder_is_claimed_once(tmp_path):
     folder.create(fresh=True)
     with pytest.raises(StrataError, match="claimed by another run"):
         folder.create(fresh=True)
+
+
+def test_latest_checkpoint_is_transformers_last_checkpoint_unless_that_save_was_interrupted(tmp_path):
+    from pathlib import Path
+
+    from transformers.trainer_utils import get_last_checkpoint
+
+    run = tmp_path / "run"
+    checkpoints = run / "checkpoints"
+    for step in (3, 6, 12):  # 12 sorts before 3 as text: the step decides
+        (checkpoints / f"checkpoint-{step}").mkdir(parents=True)
+        (checkpoints / f"checkpoint-{step}" / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    (checkpoints / "checkpoint-best").mkdir()  # not a step: neither takes it
+    assert latest_checkpoint(run) == latest_checkpoint(checkpoints) == Path(get_last_checkpoint(str(checkpoints)))
+    assert latest_checkpoint(run).name == "checkpoint-12"
+    # a save killed while writing trainer_state.json: transformers still names it, strata passes over it
+    (checkpoints / "checkpoint-12" / "trainer_state.json").write_text('{"global_st')
+    assert Path(get_last_checkpoint(str(checkpoints))).name == "checkpoint-12"
+    assert latest_checkpoint(run).name == "checkpoint-6"

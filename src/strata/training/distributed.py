@@ -21,7 +21,12 @@ class DistInfo:
 
 
 def dist_info() -> DistInfo:
-    """Rank and world size from the launcher's environment (torchrun sets RANK/WORLD_SIZE)."""
+    """Rank and world size from the launcher's environment (torchrun sets RANK/WORLD_SIZE).
+
+    Read from the environment, not from accelerate's ``PartialState``: the first ``PartialState()`` starts
+    the process group with accelerate's default backend, before ``start_process_group`` can apply
+    ``--ddp_backend`` (and a refused flag must fail before any group exists).
+    """
     return DistInfo(rank=int(os.environ.get("RANK", 0)), world_size=int(os.environ.get("WORLD_SIZE", 1)))
 
 
@@ -39,7 +44,10 @@ def start_process_group(backend: str | None, cpu: bool) -> str:
 
 
 def process_group_backend() -> str | None:
-    """The backend of the running process group (what metrics.json records), None in a single process."""
+    """The backend of the running process group (what metrics.json records), None in a single process.
+
+    torch's own answer: ``PartialState().backend`` would create accelerate's state in a single process.
+    """
     import torch.distributed as torch_dist
 
     if not (torch_dist.is_available() and torch_dist.is_initialized()):
@@ -48,16 +56,13 @@ def process_group_backend() -> str | None:
 
 
 def broadcast_object(value: Any, dist: DistInfo) -> Any:
-    """Rank 0's value on every rank; starts the process group through accelerate if needed."""
+    """Rank 0's value on every rank (accelerate's ``broadcast_object_list``, which starts the process group
+    through ``PartialState`` if ``start_process_group`` has not)."""
     if dist.world_size == 1:
         return value
-    import torch.distributed as torch_dist
-    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
 
-    PartialState()  # initialises the default process group (gloo on CPU, nccl on CUDA)
-    payload = [value]
-    torch_dist.broadcast_object_list(payload, src=0)
-    return payload[0]
+    return broadcast_object_list([value], from_process=0)[0]
 
 
 def watch_launcher(poll_seconds: float = 1.0) -> threading.Thread | None:

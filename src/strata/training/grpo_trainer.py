@@ -27,12 +27,17 @@ def reference_is(reference: Any | None) -> Iterator[list[str]]:
     """While TRL's ``GRPOTrainer.__init__`` runs, make its reference loader return ``reference``.
 
     TRL 1.16 has no ``ref_model`` argument: with beta > 0 and no PEFT it always builds the reference
-    with ``create_model_from_path(model.config._name_or_path, ...)``, i.e. it reloads weights from
-    disk. A model built from a config (``--init scratch``: the path is a folder with only
-    config.json, or nothing) or changed in memory has no such weights. So this patches that name in
-    TRL's trainer module (a private path; no public one exists) for the constructor only, and TRL
-    then treats the copy like its own reference (dropout, fused LM head, ``accelerator.prepare``).
-    Yields the ids TRL asked for, so the caller can check the patch was used.
+    with ``create_model_from_path(get_config_model_id(model.config), ...)`` (``config._name_or_path``),
+    i.e. it reloads weights from disk. A model built from a config (``--init scratch``: the path is a
+    folder with only config.json, or nothing) or changed in memory has no such weights. Upstream:
+    huggingface/trl#2746 (a ``ref_model`` argument, closed unmerged) and huggingface/trl#3948 (open:
+    custom models cannot build the reference). The public alternative, saving the policy and
+    pointing ``config.name_or_path`` at it, writes and reloads every weight and needs the
+    architecture to load through the Auto classes (quantized and custom models do not always), so
+    this patches that name in TRL's trainer module (a private path) for the constructor only; strata
+    never writes ``_name_or_path``. TRL then treats the copy like its own reference (dropout, fused
+    LM head, ``accelerator.prepare``). Yields the ids TRL asked for, so the caller can check the patch
+    was used (build_grpo_trainer raises if it was not: a TRL upgrade fails loudly).
     """
     import trl.trainer.grpo_trainer as grpo_module
 

@@ -9,16 +9,17 @@ parquet and logs to wandb/trackio). See docs/rl.md.
 
 from __future__ import annotations
 
-import copy
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from datasets import Dataset
 from transformers import TrainerCallback
+from transformers.integrations import TensorBoardCallback
 
 from strata.errors import StrataError
+from strata.training.rl_samples import CompletionSamplesCallback, SampleRecorder
+from strata.training.rl_tokenizer import prompt_tokenizer
 
 # Dataset columns the built-in rewards read (TRL passes every kept column to every reward).
 REWARD_COLUMNS = ("reference", "label", "label_words", "domain", "entry_point", "test", "code_prompt")
@@ -167,86 +168,6 @@ def load_reward_model(path: str, mirror: str | None = None) -> tuple[Any, Any]:
 # --------------------------------------------------------------------------------------------- logging
 
 
-class CompletionSamplesCallback(TrainerCallback):
-    """Writes a few (prompt, completion, rewards) samples as TensorBoard text after each evaluation.
-
-    TRL keeps the latest generation batch in ``trainer._logs`` whether or not ``log_completions``
-    is on, but only prints it / sends it to wandb and trackio. This reads that buffer (a private
-    attribute: if a TRL release renames it, the callback logs nothing rather than failing) and
-    also keeps the samples in ``self.history`` for tests and run summaries.
-    """
-
-    def __init__(self, num_samples: int = 4, max_chars: int = 400, writer: Any = None) -> None:
-        self.num_samples = num_samples
-        self.max_chars = max_chars
-        self.trainer: Any = None
-        self.history: list[tuple[int, str, list[dict[str, Any]]]] = []
-        self._writer: Any = (
-            writer  # a shared SummaryWriter (always written to), or None: own one if reporting
-        )
-        self._owns_writer = writer is None
-
-    def attach(self, trainer: Any) -> None:
-        """Give the callback the trainer whose generation buffer it reads."""
-        self.trainer = trainer
-
-    def _samples(self) -> list[dict[str, Any]]:
-        logs = getattr(self.trainer, "_logs", None)
-        if not isinstance(logs, dict) or not logs.get("prompt"):
-            return []
-        prompts, completions = list(logs["prompt"]), list(logs.get("completion", []))
-        rewards = {name: list(values) for name, values in dict(logs.get("rewards", {})).items()}
-        start = max(0, len(completions) - self.num_samples)
-        out = []
-        for i in range(start, len(completions)):
-            out.append(
-                {
-                    "prompt": str(prompts[i])[-self.max_chars :],
-                    "completion": str(completions[i])[: self.max_chars],
-                    "rewards": {n: float(v[i]) for n, v in rewards.items() if i < len(v)},
-                }
-            )
-        return out
-
-    def _log_dir(self, args: Any) -> str:
-        for cb in getattr(getattr(self.trainer, "callback_handler", None), "callbacks", []):
-            if type(cb).__name__ == "TensorBoardCallback" and getattr(cb, "logging_dir", None):
-                return cb.logging_dir
-        return os.environ.get("TENSORBOARD_LOGGING_DIR") or os.path.join(args.output_dir, "runs")
-
-    def _record(self, args: Any, state: Any, tag: str) -> None:
-        samples = self._samples()
-        if not samples:
-            return
-        self.history.append((state.global_step, tag, samples))
-        if not state.is_world_process_zero:
-            return
-        if self._writer is None:
-            if "tensorboard" not in (args.report_to or []):
-                return
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._writer = SummaryWriter(log_dir=self._log_dir(args))
-        blocks = []
-        for s in samples:
-            scores = ", ".join(f"{n}={v:.3g}" for n, v in s["rewards"].items())
-            blocks.append(
-                f"**prompt** (tail)\n\n    {s['prompt']!r}\n\n**completion**\n\n    {s['completion']!r}\n\n"
-                f"**rewards** {scores}"
-            )
-        self._writer.add_text(tag, "\n\n---\n\n".join(blocks), state.global_step)
-        self._writer.flush()
-
-    def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self._record(args, state, "rl/eval_samples")
-
-    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self._record(args, state, "rl/train_samples")
-        if self._writer is not None and self._owns_writer:
-            self._writer.close()
-            self._writer = None
-
-
 def summarise_rl_logs(log_history: list[dict[str, Any]]) -> dict[str, float]:
     """The last logged value of each reward/KL/length metric, plus ``first_reward`` to see the trend."""
     summary: dict[str, float] = {}
@@ -269,46 +190,6 @@ def _is_peft_model(model: Any) -> bool:
     except ImportError:  # pragma: no cover - peft is a dependency
         return False
     return isinstance(model, PeftModel)
-
-
-def prompt_tokenizer(tokenizer: Any) -> Any:
-    """The tokenizer to hand to GRPO: one that encodes a prompt as the encoding contract does.
-
-    TRL 1.16 tokenizes text prompts with ``processing_class(text=prompts)``, i.e. with special
-    tokens. A BOS in front is what SFT rows have too (:func:`strata.data.encoding.decoder_context`),
-    but what a tokenizer appends (T5/ByT5's ``</s>``, hence Strata's byte-level presets) belongs only
-    to encoder inputs: the model would otherwise generate after an end-of-text. For those, this returns
-    a shallow copy whose ``__call__`` drops that suffix. The copy keeps its class name, so saved
-    checkpoints reload.
-    """
-    from strata.data.encoding import special_tokens
-
-    suffix = list(special_tokens(tokenizer).suffix)
-    if not suffix:
-        return tokenizer
-    base = type(tokenizer)
-
-    def _strip(ids: Any, mask: Any) -> tuple[Any, Any]:
-        if isinstance(ids, list) and ids and isinstance(ids[0], list):
-            pairs = [_strip(i, m) for i, m in zip(ids, mask or [None] * len(ids))]
-            return [p[0] for p in pairs], (None if mask is None else [p[1] for p in pairs])
-        if isinstance(ids, list) and len(ids) >= len(suffix) and ids[len(ids) - len(suffix):] == suffix:
-            return ids[:-len(suffix)], (None if mask is None else mask[:-len(suffix)])
-        return ids, mask
-
-    def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N807
-        encoded = base.__call__(self, *args, **kwargs)
-        if kwargs.get("return_tensors") is None and "input_ids" in encoded:
-            ids, mask = _strip(encoded["input_ids"], encoded.get("attention_mask"))
-            encoded["input_ids"] = ids
-            if mask is not None:
-                encoded["attention_mask"] = mask
-        return encoded
-
-    subclass = type(base.__name__, (base,), {"__call__": __call__, "__module__": base.__module__})
-    clone = copy.copy(tokenizer)
-    clone.__class__ = subclass
-    return clone
 
 
 def _default_bf16() -> bool:
@@ -367,7 +248,8 @@ def build_grpo_trainer(
 
     from strata.training.grpo_trainer import frozen_copy, grpo_trainer_class, reference_is
 
-    funcs: list[Any] = list(reward_funcs)
+    recorder = SampleRecorder()  # the sample completions: what the reward functions are given
+    funcs: list[Any] = [recorder.wrap(f) for f in reward_funcs]
     processing: list[Any] = [None] * len(funcs)
     if reward_model:
         rm, rm_tokenizer = load_reward_model(reward_model, hub_mirror)
@@ -451,7 +333,7 @@ def build_grpo_trainer(
     elif eval_dataset is not None:
         evals = prepare_rl_dataset(eval_dataset, tokenizer, max_prompt_length)
 
-    samples = CompletionSamplesCallback(num_samples=num_samples_to_log, writer=samples_writer)
+    samples = CompletionSamplesCallback(recorder, num_samples=num_samples_to_log, writer=samples_writer)
     needs_reference = beta != 0.0 and peft_config is None and not _is_peft_model(model)
     reference = frozen_copy(model) if needs_reference else None  # before TRL touches the policy
     with reference_is(reference) as asked:
@@ -466,6 +348,9 @@ def build_grpo_trainer(
             callbacks=[samples, *(callbacks or [])],  # first: it writes before a TensorBoardCallback closes
             peft_config=peft_config,
         )
+    reported = trainer.pop_callback(TensorBoardCallback)  # report_to's own one: after the samples, too
+    if reported is not None:
+        trainer.add_callback(reported)
     if reference is not None and not asked:
         raise RuntimeError(
             "TRL's GRPOTrainer built its KL reference without create_model_from_path; this TRL release is not "
@@ -543,12 +428,10 @@ def rewards_for_run(config: Any, examples: Any) -> tuple[list[Any], list[float]]
 def run_rl(config: Any, examples: Any, loaded: Any, folder: Any, checkpoint: Any, say: Any,
            progress: dict[str, bool] | None = None) -> Any:
     """``strata train --mode rl``: GRPO from the loaded model, then save, evaluate and write metrics."""
-    from transformers.integrations import TensorBoardCallback
-
-    from strata.training.callbacks import RunMetadataCallback
     from strata.training.distributed import dist_info, process_group_backend
     from strata.training.guards import NonFiniteGuard, stop_diverged
     from strata.training.run import RunResult, _metadata, save_final
+    from strata.training.tensorboard import RunBoard, hparams_metrics, run_hparams
 
     t = config.train
     dist = dist_info()
@@ -570,15 +453,10 @@ def run_rl(config: Any, examples: Any, loaded: Any, folder: Any, checkpoint: Any
         t.logging_steps or eval_steps or max(1, min(50, t.max_steps // 10 if t.max_steps > 0 else 50))
     )
 
-    writer = None
     guard = NonFiniteGuard(policy=t.nan_policy, skip_limit=t.nan_skip_limit)
-    callbacks: list[TrainerCallback] = [guard]
-    if dist.is_main:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(log_dir=str(folder.tensorboard))
-        callbacks.append(RunMetadataCallback(writer, *_metadata(config, examples, loaded, dist)))
-        callbacks.append(TensorBoardCallback(tb_writer=writer))
+    board = RunBoard.open(folder.tensorboard, dist.is_main)  # one event file; closed by board.finish
+    callbacks: list[TrainerCallback] = [guard, *(board.callbacks(*_metadata(config, examples, loaded, dist))
+                                                 if dist.is_main else [])]
 
     trainer = build_grpo_trainer(
         loaded.model,
@@ -605,7 +483,7 @@ def run_rl(config: Any, examples: Any, loaded: Any, folder: Any, checkpoint: Any
         logging_steps=logging_steps,
         report_to=[],
         callbacks=callbacks,
-        samples_writer=writer,
+        samples_writer=board.writer,
         per_device_eval_batch_size=t.per_device_eval_batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps,
         weight_decay=t.weight_decay,
@@ -629,6 +507,7 @@ def run_rl(config: Any, examples: Any, loaded: Any, folder: Any, checkpoint: Any
         progress["training"] = True
     train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     if guard.divergence is not None:
+        board.close()
         stop_diverged(guard, folder, dist.is_main, train_output.metrics)
     final_eval = trainer.evaluate() if eval_dataset is not None else {}
     samples = trainer.strata_samples_callback.history
@@ -658,6 +537,7 @@ def run_rl(config: Any, examples: Any, loaded: Any, folder: Any, checkpoint: Any
     if dist.is_main:
         save_final(trainer, loaded, folder, config.model)
         folder.write_metrics(metrics)
+        board.finish(run_hparams(config, metrics["run"]), hparams_metrics(metrics), trainer.state.global_step)
         rl = metrics["rl"]
         say(
             "GRPO done: reward "

@@ -15,7 +15,6 @@ from typing import Any
 
 import torch
 from transformers import EarlyStoppingCallback, TrainingArguments
-from transformers.integrations import TensorBoardCallback
 
 from strata.config import RunConfig
 from strata.data.pipeline import Examples, load_examples, tokenize_examples
@@ -39,7 +38,6 @@ from strata.models.loading import (
     resolve_precision,
 )
 from strata.models.quantization import check_quantization_flags, quantization_record, requested_flag
-from strata.training.callbacks import RunMetadataCallback
 from strata.training.distributed import (
     DistInfo,
     broadcast_object,
@@ -59,6 +57,7 @@ from strata.training.run_folder import (
     run_key,
 )
 from strata.training.stratum_sources import check_stratum_sources, planned_config, prepare_stratum_sources
+from strata.training.tensorboard import RunBoard, hparams_metrics, run_hparams
 from strata.training.trainer import StrataTrainer, scalar_metrics
 
 logger = logging.getLogger("strata.train")
@@ -144,6 +143,7 @@ def _train_in_folder(config: RunConfig, examples: Examples, folder: RunFolder, c
     progress["training"] = True
     train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     if trainer.nan_guard.divergence is not None:
+        trainer.run_board.close()
         stop_diverged(trainer.nan_guard, folder, dist.is_main, train_output.metrics)
     final_metrics = trainer.evaluate() if (tokenized.eval is not None or trainer.task_eval) else {}
 
@@ -159,6 +159,7 @@ def _train_in_folder(config: RunConfig, examples: Examples, folder: RunFolder, c
     if dist.is_main:
         save_final(trainer, loaded, folder, model_args)
         folder.write_metrics(metrics)
+        trainer.run_board.finish(run_hparams(config, metrics["run"]), hparams_metrics(metrics), trainer.state.global_step)
         _report(say, metrics, folder)
     return RunResult(folder=folder, metrics=metrics)
 
@@ -275,22 +276,13 @@ def build_trainer(config: RunConfig, examples: Examples, loaded: LoadedModel, to
              "max_examples": None}
             for source in examples.evals
         ]
-    callbacks = []
-    if dist.is_main:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(log_dir=str(folder.tensorboard))
-        callbacks.append(RunMetadataCallback(writer, *_metadata(config, examples, loaded, dist)))
-        tensorboard = TensorBoardCallback(tb_writer=writer)
-        # Trainer closes the writer at train end; the final evaluate() then re-opens one here, not in
-        # checkpoints/runs/.
-        tensorboard.logging_dir = str(folder.tensorboard)
-        callbacks.append(tensorboard)
+    board = RunBoard.open(folder.tensorboard, dist.is_main)  # one event file; closed by board.finish
+    callbacks = board.callbacks(*_metadata(config, examples, loaded, dist)) if dist.is_main else []
     if t.early_stopping_patience is not None:
         if t.metric_for_best_model is None:
             raise StrataError("--early_stopping_patience needs --metric_for_best_model (e.g. eval_accuracy)")
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience))
-    return StrataTrainer(
+    trainer = StrataTrainer(
         model=loaded.model,
         args=args,
         train_dataset=tokenized.train,
@@ -303,6 +295,8 @@ def build_trainer(config: RunConfig, examples: Examples, loaded: LoadedModel, to
         loss_positions_only=t.sparse_lm_head == "auto",
         eval_loss=t.eval_loss,
     )
+    trainer.run_board = board
+    return trainer
 
 
 def resolved_learning_rate(requested: float | None, init: str) -> float:

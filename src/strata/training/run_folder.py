@@ -199,7 +199,13 @@ def _checkpoints(folder: Path) -> list[Path]:
 
 
 def latest_checkpoint(folder: Path) -> Path | None:
-    """The complete checkpoint with the highest step; incomplete ones (an interrupted save) are passed over."""
+    """The complete checkpoint with the highest step; incomplete ones (an interrupted save) are passed over.
+
+    Not ``transformers.trainer_utils.get_last_checkpoint``: that returns the highest checkpoint-N of one
+    folder even when its save was killed part-way (no or a truncated trainer_state.json), which a resume
+    would load torn; and it looks in one folder, where this takes a run folder (its checkpoints/) or the
+    checkpoints folder itself. On complete checkpoints both agree (tests/test_run_folders.py).
+    """
     complete = [p for p in _checkpoints(folder) if checkpoint_is_complete(p)]
     return complete[-1] if complete else None
 

@@ -53,6 +53,7 @@ class StrataTrainer(Trainer):
         self.throughput: ThroughputMeter | None = None  # built at train start, after the peak probe
         # Where the LM head runs, for the FLOP count: "loss" when compute_loss projects only loss positions.
         self.lm_head_positions = "all"
+        self.run_board: Any = None  # the run's TensorBoard writer (strata.training.tensorboard.RunBoard), set by run.py
 
     # --- losses -----------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -91,11 +92,13 @@ class StrataTrainer(Trainer):
                 self._aux_losses.clear()
         super().log(logs, start_time)
 
-    def _inner_training_loop(self, *args, **kwargs):
+    def train(self, *args, **kwargs):
+        # The throughput meter (a callback) is built here, before Trainer's clock starts: the peak FLOP/s
+        # probe must not count as training time, and on_train_begin must already reach the meter.
         if self.throughput is None:
             self.throughput = self._throughput_meter()
             self.add_callback(self.throughput)
-        return super()._inner_training_loop(*args, **kwargs)
+        return super().train(*args, **kwargs)
 
     def _throughput_meter(self) -> ThroughputMeter:
         """FLOP counter + measured peak (before the clock starts); MFU's absence is said once, with why."""
