@@ -15,8 +15,7 @@ from typing import Any
 
 import datasets
 
-from strata import hub
-from strata.data import prompts
+from strata.data import prompts, sources
 from strata.data.local_files import spec_for_local
 from strata.data.registry import MODES, REGISTRY, DatasetSpec, get_spec, unsupported_refusal
 from strata.errors import StrataError
@@ -213,7 +212,7 @@ def _resolve_spec(
 ) -> DatasetSpec:
     local = Path(dataset_id).expanduser()
     # A local path wins, except a folder that merely shares its name with a registered hub id ("nyu-mll/glue").
-    if local.is_file() or (local.is_dir() and hub.canonical_dataset_id(dataset_id) not in REGISTRY):
+    if local.is_file() or (local.is_dir() and sources.canonical_dataset_id(dataset_id) not in REGISTRY):
         return spec_for_local(dataset_id, text_column, label_column, label_names, prompt_template, task=task,
                               mode=mode)
     spec = get_spec(dataset_id)
@@ -296,7 +295,7 @@ def load_formatted(
             f"dataset '{spec.id}' is a {spec.family} dataset, not {task}; use --task auto or --task {spec.family}"
         )
     split = split or spec.split_for(purpose)
-    raw = hub.load_split(spec.id, config, split, mirror)
+    raw = sources.load_split(spec.id, config, split, mirror)
     note = ""
     if len(raw) == 0:
         raise StrataError(

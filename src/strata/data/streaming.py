@@ -27,13 +27,15 @@ from typing import Any
 import datasets
 import numpy as np
 
+from strata import hub
+from strata.data import synthetic
+from strata.data.examples import SOURCE_COLUMN, EvalSource, Examples, TokenizedData, source_flags
+from strata.data.registry import REGISTRY
+from strata.data.sources import canonical_dataset_id, resolve_dataset
 from strata.errors import StrataError
 
 SHUFFLE_BUFFER = 1000  # documents held by each source's shuffle buffer (datasets' default; huge corpora have long documents)
 TOKENIZE_BATCH = 1000  # documents joined per map batch: tokenize_pretraining's batch_size, hence its rows
-TOKENIZER_SAMPLE_DOCS = 20_000  # a tokenizer trained at start-up (--train_tokenizer, presets) sees at most
-TOKENIZER_SAMPLE_CHARS = 20_000_000  # these many leading documents / characters of the training stream
-SOURCE_COLUMN = "source_index"  # the same name as strata.data.pipeline's (a mixture's source per document)
 _ON, _OFF = ("true", "yes", "1", "on"), ("false", "no", "0", "off")
 
 # Resuming: Trainer restores a checkpoint's global step and, unless ignore_data_skip, replays the train
@@ -68,9 +70,6 @@ def _sources(data) -> list[tuple[str, str | None]]:
 
 
 def _marked_huge(dataset_id: str, config: str | None) -> bool:
-    from strata.data.registry import REGISTRY
-    from strata.hub import canonical_dataset_id
-
     if Path(dataset_id).expanduser().exists():
         return False
     spec = REGISTRY.get(canonical_dataset_id(dataset_id))
@@ -123,12 +122,8 @@ def check_streaming_flags(config, given: set[str]) -> None:
 # ---------------------------------------------------------------------------- opening and formatting
 def open_stream(dataset_id: str, config: str | None, split: str, mirror: str | None) -> datasets.IterableDataset:
     """One split as an IterableDataset: mirror/local files through the json/csv/parquet builder, else the hub."""
-    from strata import hub
-
-    source = hub.resolve_dataset(dataset_id, config, mirror)
+    source = resolve_dataset(dataset_id, config, mirror)
     if source.kind == "builtin":
-        from strata.data import synthetic
-
         return hub.select_split(synthetic.build_splits(), split, dataset_id=source.location).to_iterable_dataset()
     if source.kind == "hub":
         return datasets.load_dataset(source.location, config, split=split, streaming=True)
@@ -222,17 +217,6 @@ def eval_rows(source: StreamSource, max_eval: int) -> datasets.Dataset:
     return datasets.Dataset.from_list(rows, features=TEXT_FEATURES)
 
 
-def sample_texts(stream: datasets.IterableDataset) -> list[str]:
-    """The leading documents of a training stream, for a tokenizer trained at start-up."""
-    texts, chars = [], 0
-    for row in itertools.islice(iter(stream), TOKENIZER_SAMPLE_DOCS):
-        texts.append(row["text"])
-        chars += len(row["text"])
-        if chars >= TOKENIZER_SAMPLE_CHARS:
-            break
-    return texts
-
-
 # ---------------------------------------------------------------------------- tokenizing and packing
 def packed_pretraining_encoder(tokenizer: Any, max_length: int):
     """A batched ``map`` function: the batch's documents (+EOS) packed greedily into rows of ``max_length``.
@@ -291,9 +275,8 @@ def tokenize_stream(stream: datasets.IterableDataset, tokenizer: Any, max_length
 def load_stream_examples(data, mode: str, seed: int):
     """``pipeline.load_examples`` for a streamed run: a never-ending training stream, eval rows taken whole."""
     from strata.data.mixture import mixture_tag
-    from strata.data.pipeline import Examples, _source_flags
 
-    ids, configs, rates, train_splits, eval_splits = _source_flags(data)
+    ids, configs, rates, train_splits, eval_splits = source_flags(data)
     trains, evals, sources = [], [], []
     for dataset_id, config, train_split, eval_split in zip(ids, configs, train_splits, eval_splits):
         train = formatted_stream(dataset_id, config, train_split, mode, data.hub_mirror, "train", data,
@@ -317,9 +300,7 @@ def load_stream_examples(data, mode: str, seed: int):
 
 def stream_eval_sources(data, mode: str) -> list[tuple[Any, str]]:
     """``pipeline.load_eval_sources`` for a streamed run: the same first rows of each eval stream."""
-    from strata.data.pipeline import _source_flags
-
-    ids, configs, _rates, _train_splits, eval_splits = _source_flags(data)
+    ids, configs, _rates, _train_splits, eval_splits = source_flags(data)
     out = []
     for dataset_id, config, eval_split in zip(ids, configs, eval_splits):
         evaluation, stream = _stream_eval(data, dataset_id, config, eval_split, mode, len(ids))
@@ -332,8 +313,6 @@ def _eval_cap(data, n_sources: int) -> int:
 
 
 def _stream_eval(data, dataset_id: str, config: str | None, eval_split: str | None, mode: str, n_sources: int):
-    from strata.data.pipeline import EvalSource
-
     cap = _eval_cap(data, n_sources)
     stream = formatted_stream(dataset_id, config, eval_split, mode, data.hub_mirror, "eval", data, cap)
     return EvalSource(stream.tag, eval_rows(stream, cap), stream.family, None), stream
@@ -347,7 +326,6 @@ def tokenize_stream_examples(examples, tokenizer, kind: str, data):
     needs equal widths, and 2 processes x batch B then see the rows of 1 process x batch 2B.
     """
     from strata.data.collate import PackingCollator, PaddingCollator
-    from strata.data.pipeline import TokenizedData
     from strata.data.tokenization import tokenize_pretraining
 
     if kind == "seq2seq":
