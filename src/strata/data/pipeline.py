@@ -143,7 +143,7 @@ def tokenize_examples(examples: Examples, tokenizer, kind: str, data: DataArgume
     ``rows_needed`` (max_steps x global batch) lets a short run on a large dataset tokenize only the
     examples it will see, in the same order a full run would see them.
     """
-    from strata.data.collate import PackingCollator, PaddingCollator, Seq2SeqCollator
+    from strata.data.collate import PackingCollator, PaddingCollator, seq2seq_collator
     from strata.data.packing import pack_examples
     from strata.data.tokenization import tokenize_completions, tokenize_pretraining, tokenize_seq2seq
 
@@ -162,7 +162,7 @@ def tokenize_examples(examples: Examples, tokenizer, kind: str, data: DataArgume
         def tok(ds: datasets.Dataset) -> datasets.Dataset:
             return tokenize_seq2seq(ds, tokenizer, data.max_length, data.max_length)
 
-        collator: Any = Seq2SeqCollator(tokenizer)
+        collator: Any = seq2seq_collator(tokenizer)
     elif mode == "pretrain":
 
         def tok(ds: datasets.Dataset) -> datasets.Dataset:
