@@ -93,6 +93,8 @@ def test_pack_examples_keeps_every_token_and_restarts_positions() -> None:
     shuffled = Dataset.from_list(examples).select(list(range(29, -1, -1)))  # a real indices mapping
     tokens = sorted(t for row in pack_examples(shuffled, max_length=48)["input_ids"] for t in row)
     assert tokens == sorted(t for x in examples for t in x["input_ids"])
+    # The view's rows are read in view order: the same rows as the library's materialised copy.
+    assert pack_examples(shuffled, max_length=48, seed=3)[:] == pack_examples(shuffled.flatten_indices(), 48, 3)[:]
 
 
 def test_packing_collator_masks_boundaries_and_padding_not_eos() -> None:
