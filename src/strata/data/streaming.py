@@ -30,6 +30,7 @@ import numpy as np
 from strata import hub
 from strata.data import synthetic
 from strata.data.examples import SOURCE_COLUMN, EvalSource, Examples, TokenizedData, source_flags
+from strata.data.formatting import TEXT_FEATURES, checked_spec, chunk_text, format_example, label_id
 from strata.data.registry import REGISTRY
 from strata.data.sources import canonical_dataset_id, resolve_dataset
 from strata.errors import StrataError
@@ -151,17 +152,9 @@ class StreamSource:
 def formatted_stream(dataset_id: str, config: str | None, split: str | None, mode: str, mirror: str | None,
                      purpose: str, data, max_eval: int | None) -> StreamSource:
     """Open, harmonize and format one split as ``{"text"}`` rows, chunked like ``load_formatted`` does."""
-    from strata.data.formatting import TEXT_FEATURES, _chunk, _label_id, _resolve_spec, format_example
-
-    base = _resolve_spec(dataset_id, data.text_column, data.label_column, data.label_names, data.prompt_template,
-                         data.task, mode)
-    config = config or base.default_config
-    spec = base.for_config(config)
-    if mode not in spec.modes:
-        raise StrataError(f"dataset '{spec.id}' does not support --mode {mode}; it supports {', '.join(spec.modes)}")
-    if data.task not in ("auto", spec.family):
-        raise StrataError(f"dataset '{spec.id}' is a {spec.family} dataset, not {data.task}; use --task auto or "
-                          f"--task {spec.family}")
+    spec, config = checked_spec(dataset_id, config, mode, text_column=data.text_column,
+                                label_column=data.label_column, label_names=data.label_names,
+                                prompt_template=data.prompt_template, task=data.task)
     split = split or spec.split_for(purpose)
     raw = open_stream(spec.id, config, split, mirror)
     carve_skip = 0
@@ -170,14 +163,14 @@ def formatted_stream(dataset_id: str, config: str | None, split: str | None, mod
         carve_skip = max_eval or 0
         raw = raw.take(carve_skip) if purpose == "eval" else raw.skip(carve_skip)
     if spec.family == "classification":
-        raw = raw.filter(lambda example: _label_id(spec, example.get(spec.label_column)) >= 0)
+        raw = raw.filter(lambda example: label_id(spec, example.get(spec.label_column)) >= 0)
     chunk_chars = spec.chunk_chars
 
     def to_text(batch: dict[str, list]) -> dict[str, list]:
         rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
         texts = [format_example(spec, config, row, mode)["text"] for row in rows]
         if chunk_chars:
-            texts = [piece for text in texts for piece in _chunk(text, chunk_chars)]
+            texts = [piece for text in texts for piece in chunk_text(text, chunk_chars)]
         return {"text": texts}
 
     # A hub stream may not declare its features: then its first row names the columns to drop.
@@ -212,8 +205,6 @@ def eval_rows(source: StreamSource, max_eval: int) -> datasets.Dataset:
     if not rows:
         raise StrataError(f"the evaluation split '{source.split}' of {source.tag} is empty; choose another "
                           "--eval_split")
-    from strata.data.formatting import TEXT_FEATURES
-
     return datasets.Dataset.from_list(rows, features=TEXT_FEATURES)
 
 
