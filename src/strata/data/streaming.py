@@ -29,6 +29,7 @@ import numpy as np
 
 from strata import hub
 from strata.data import synthetic
+from strata.data.arguments import DataArguments
 from strata.data.examples import SOURCE_COLUMN, EvalSource, Examples, TokenizedData, source_flags
 from strata.data.formatting import TEXT_FEATURES, checked_spec, chunk_text, format_example, label_id
 from strata.data.registry import REGISTRY
@@ -64,7 +65,7 @@ def streaming_value(raw: str | bool | None) -> bool | None:
     raise StrataError(f"--streaming {raw!r} is not one of auto, true, false")
 
 
-def _sources(data) -> list[tuple[str, str | None]]:
+def _sources(data: DataArguments) -> list[tuple[str, str | None]]:
     if data.datasets:
         return list(zip(data.datasets, data.dataset_configs or [None] * len(data.datasets)))
     return [(data.dataset, data.dataset_config)]
@@ -82,7 +83,7 @@ def _marked_huge(dataset_id: str, config: str | None) -> bool:
         return False
 
 
-def uses_streaming(data, mode: str) -> bool:
+def uses_streaming(data: DataArguments, mode: str) -> bool:
     """Whether this run streams: the flag when given, else whether any source is a huge pretraining corpus."""
     value = streaming_value(data.streaming)
     if value is not None:
@@ -91,16 +92,24 @@ def uses_streaming(data, mode: str) -> bool:
 
 
 def check_streaming_flags(config, given: set[str]) -> None:
-    """Refuse, in one line and before anything loads, what a streamed run cannot honour."""
-    d, t = config.data, config.train
+    """``check_stream_request`` for a parsed run configuration (what ``strata.config`` calls)."""
+    check_stream_request(config.data, config.train.mode, config.train.max_steps, config.model.stratum_source, given)
+
+
+def check_stream_request(d: DataArguments, mode: str, max_steps: int, stratum_source: str | None,
+                         given: set[str]) -> None:
+    """Refuse, in one line and before anything loads, what a streamed run cannot honour.
+
+    The training and model flags it needs come in as values (``given``: the flags named on the command line).
+    """
     streaming_value(d.streaming)
-    if not uses_streaming(d, t.mode):
+    if not uses_streaming(d, mode):
         return
     why = "" if "streaming" in given else " (on by default for this corpus; --streaming false loads it whole)"
-    if t.mode != "pretrain":
-        raise StrataError(f"--streaming is for --mode pretrain; --mode {t.mode} loads its split whole (cap it with "
+    if mode != "pretrain":
+        raise StrataError(f"--streaming is for --mode pretrain; --mode {mode} loads its split whole (cap it with "
                           "--max_train_examples)")
-    if "max_steps" not in given or t.max_steps <= 0:
+    if "max_steps" not in given or max_steps <= 0:
         raise StrataError(f"--streaming needs --max_steps N: a stream has no length to count epochs from{why}")
     if "num_train_epochs" in given:
         raise StrataError("--num_train_epochs has no meaning on a stream: a streamed run trains --max_steps steps "
@@ -115,8 +124,8 @@ def check_streaming_flags(config, given: set[str]) -> None:
     if d.max_eval_examples is None:
         raise StrataError(f"--streaming evaluates on the first --max_eval_examples rows of the eval stream; pass "
                           f"--max_eval_examples N{why}")
-    if config.model.stratum_source in ("clusters", "lid_bins"):
-        raise StrataError(f"--stratum_source {config.model.stratum_source} is fitted on the loaded training rows, "
+    if stratum_source in ("clusters", "lid_bins"):
+        raise StrataError(f"--stratum_source {stratum_source} is fitted on the loaded training rows, "
                           f"which a stream does not hold; use learned/hash or --streaming false{why}")
 
 
@@ -150,7 +159,7 @@ class StreamSource:
 
 
 def formatted_stream(dataset_id: str, config: str | None, split: str | None, mode: str, mirror: str | None,
-                     purpose: str, data, max_eval: int | None) -> StreamSource:
+                     purpose: str, data: DataArguments, max_eval: int | None) -> StreamSource:
     """Open, harmonize and format one split as ``{"text"}`` rows, chunked like ``load_formatted`` does."""
     spec, config = checked_spec(dataset_id, config, mode, text_column=data.text_column,
                                 label_column=data.label_column, label_names=data.label_names,
@@ -263,7 +272,7 @@ def tokenize_stream(stream: datasets.IterableDataset, tokenizer: Any, max_length
 
 
 # ---------------------------------------------------------------------------- the pipeline's streaming branch
-def load_stream_examples(data, mode: str, seed: int):
+def load_stream_examples(data: DataArguments, mode: str, seed: int) -> Examples:
     """``pipeline.load_examples`` for a streamed run: a never-ending training stream, eval rows taken whole."""
     from strata.data.mixture import mixture_tag
 
@@ -289,7 +298,7 @@ def load_stream_examples(data, mode: str, seed: int):
     return Examples(train=stream, evals=evals, family=family, tag=tag, sources=sources, streaming=True)
 
 
-def stream_eval_sources(data, mode: str) -> list[tuple[Any, str]]:
+def stream_eval_sources(data: DataArguments, mode: str) -> list[tuple[EvalSource, str]]:
     """``pipeline.load_eval_sources`` for a streamed run: the same first rows of each eval stream."""
     ids, configs, _rates, _train_splits, eval_splits = source_flags(data)
     out = []
@@ -299,17 +308,18 @@ def stream_eval_sources(data, mode: str) -> list[tuple[Any, str]]:
     return out
 
 
-def _eval_cap(data, n_sources: int) -> int:
+def _eval_cap(data: DataArguments, n_sources: int) -> int:
     return max(1, data.max_eval_examples // n_sources)
 
 
-def _stream_eval(data, dataset_id: str, config: str | None, eval_split: str | None, mode: str, n_sources: int):
+def _stream_eval(data: DataArguments, dataset_id: str, config: str | None, eval_split: str | None, mode: str,
+                 n_sources: int) -> tuple[EvalSource, StreamSource]:
     cap = _eval_cap(data, n_sources)
     stream = formatted_stream(dataset_id, config, eval_split, mode, data.hub_mirror, "eval", data, cap)
     return EvalSource(stream.tag, eval_rows(stream, cap), stream.family, None), stream
 
 
-def tokenize_stream_examples(examples, tokenizer, kind: str, data):
+def tokenize_stream_examples(examples: Examples, tokenizer: Any, kind: str, data: DataArguments) -> TokenizedData:
     """``pipeline.tokenize_examples`` for a streamed run: token rows made as the Trainer reads them.
 
     Batches are padded to ``max_length`` so every batch has one shape: with several processes accelerate
