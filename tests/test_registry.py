@@ -7,6 +7,7 @@ import json
 import pytest
 from transformers import GPT2Config
 
+from strata import cli_datasets
 from strata.data import local_files, registry
 from strata.data.formatting import format_example, load_formatted
 from strata.errors import StrataError
@@ -158,7 +159,7 @@ def test_vision_dataset_fails_fast_for_text_model():
 
 
 def test_format_table_lists_every_dataset():
-    table = registry.format_table()
+    table = cli_datasets.format_table()
     lines = table.splitlines()
     assert lines[0].split() == ["dataset", "aliases", "family", "configs", "train/eval", "modes", "status", "source"]
     for hub_id in REQUIRED:
@@ -168,14 +169,14 @@ def test_format_table_lists_every_dataset():
 
 
 def test_describe_shows_a_real_example(hub_mirror):
-    text = registry.describe("glue", "sst2")
+    text = cli_datasets.describe("glue", "sst2")
     assert "dataset:  nyu-mll/glue (config sst2)" in text
     assert "labels:   0=negative, 1=positive" in text
     assert "completion: ' positive'" in text or "completion: ' negative'" in text
 
 
 def test_describe_notes_missing_offline_data(hub_mirror):
-    text = registry.describe("mmlu")
+    text = cli_datasets.describe("mmlu")
     assert "example:  not available offline (dataset 'cais/mmlu' (config all) not found offline" in text
 
 

@@ -12,8 +12,7 @@ import datasets
 import pytest
 from helpers import run_strata
 
-from strata import hub
-from strata.data import registry
+from strata.data import registry, sources
 from strata.data.formatting import load_formatted
 from strata.errors import StrataError
 from strata.training import rewards
@@ -225,4 +224,4 @@ def test_datasets_show_says_status_source_columns_and_carve(capsys):
 def test_hub_refusal_is_none_for_ordinary_entries():
     assert registry.hub_refusal("stanfordnlp/imdb") is None
     assert registry.hub_refusal("not/registered") is None
-    assert hub.resolve_dataset("imdb").kind == "mirror"
+    assert sources.resolve_dataset("imdb").kind == "mirror"

@@ -5,8 +5,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 
-from strata import hub
-from strata.data import synthetic
+from strata.data import sources, synthetic
 from strata.data.formatting import load_formatted
 
 
@@ -71,4 +70,4 @@ def test_load_formatted_without_mirror(monkeypatch):
     assert row["completion"] == " " + synthetic.LABEL_WORDS[row["label"]]
     assert row["prompt"].startswith("Classify the sentiment of this text as 'negative', 'neutral' or 'positive'.")
     assert fd.tag == "synthetic-strata" and fd.split == "validation" and len(fd.dataset) == 50
-    assert len(hub.load_split("strata/synthetic-strata", None, "train[:10%]")) == 400
+    assert len(sources.load_split("strata/synthetic-strata", None, "train[:10%]")) == 400

@@ -83,27 +83,9 @@ def cmd_eval(argv: list[str]) -> int:
 
 
 def cmd_datasets(argv: list[str]) -> int:
-    from strata.data.registry import describe, format_table
+    from strata.cli_datasets import main as datasets_main
 
-    if not argv:
-        print(format_table())
-        return 0
-    if argv[0] != "show" or len(argv) < 2:
-        raise StrataError("usage: strata datasets [show ID [--dataset_config C] [--hub_mirror DIR]]")
-    dataset_id, rest = argv[1], argv[2:]
-    config = _flag_value(rest, "--dataset_config")
-    mirror = _flag_value(rest, "--hub_mirror") or os.environ.get("STRATA_HUB_MIRROR")
-    print(describe(dataset_id, config, mirror))
-    return 0
-
-
-def _flag_value(argv: list[str], name: str) -> str | None:
-    for i, arg in enumerate(argv):
-        if arg == name and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith(name + "="):
-            return arg.split("=", 1)[1]
-    return None
+    return datasets_main(argv)
 
 
 def cmd_models(argv: list[str]) -> int:

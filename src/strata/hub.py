@@ -1,11 +1,13 @@
-"""Offline-first resolution of dataset and model ids.
+"""Offline-first resolution of dataset and model ids: the bottom layer, importing nothing of ours but errors.
 
-An id resolves, in order, to: a local path; a built-in dataset (``strata/synthetic-strata``); the mirror
-folder (``--hub_mirror`` or ``STRATA_HUB_MIRROR``) laid out like the hub,
-``datasets/<owner>/<name>[/<config>]/<split>.jsonl|.json|.parquet|.csv`` and ``models/<owner>/<name>/``;
-and last the hub itself through ``datasets.load_dataset`` / ``from_pretrained``. When the hub may not be
-used (``HF_HUB_OFFLINE``/``HF_DATASETS_OFFLINE``) and nothing was found, the error is one line naming the id,
-the places tried and how to mirror it.
+An id resolves, in order, to: a local path; the mirror folder (``--hub_mirror`` or ``STRATA_HUB_MIRROR``)
+laid out like the hub, ``datasets/<owner>/<name>[/<config>]/<split>.jsonl|.json|.parquet|.csv`` and
+``models/<owner>/<name>/``; and last the hub itself through ``datasets.load_dataset`` / ``from_pretrained``.
+When the hub may not be used (``HF_HUB_OFFLINE``/``HF_DATASETS_OFFLINE``) and nothing was found, the error is
+one line naming the id, the places tried and how to mirror it.
+
+What only the dataset registry knows (aliases, the built-in corpus, refusals, a Parquet revision) is decided
+in ``strata.data.sources`` and passed down here as values.
 """
 
 from __future__ import annotations
@@ -67,13 +69,6 @@ def mirror_root(explicit: str | None = None) -> Path | None:
     return None
 
 
-def canonical_dataset_id(name: str) -> str:
-    """Map an alias (``imdb``, ``glue``, ``synthetic``) to its hub id; other names pass through unchanged."""
-    from strata.data.registry import alias_table  # lazy: the registry imports this module
-
-    return alias_table().get(name.strip().lower(), name.strip())
-
-
 def canonical_model_id(name: str) -> str:
     """Map a short model name (``gpt2``) to its current hub id (``openai-community/gpt2``)."""
     return MODEL_ALIASES.get(name.strip().lower(), name.strip())
@@ -84,7 +79,7 @@ class DataSource:
     """Where a dataset's split files were found: kind is 'local', 'mirror', 'builtin' or 'hub'."""
 
     kind: str
-    location: str
+    location: str  # the path, the mirror folder, or the hub id
     files: dict[str, list[str]] = field(default_factory=dict)
     tried: tuple[str, ...] = ()
     revision: str | None = None  # the hub revision to load (a registered Parquet revision of a script repo)
@@ -137,8 +132,8 @@ def _mirror_folder(root: Path, hub_id: str) -> Path:
     return root / "datasets" / hub_id
 
 
-def resolve_dataset(dataset_id: str, config: str | None = None, mirror: str | Path | None = None) -> DataSource:
-    """Find where a dataset lives, trying local path, built-in, mirror, then (if allowed) the hub."""
+def local_source(dataset_id: str, config: str | None = None) -> DataSource | None:
+    """The dataset at a local file or folder path, None when ``dataset_id`` is not one."""
     local = Path(dataset_id).expanduser()
     if local.is_file():
         if local.suffix not in DATA_EXTENSIONS:
@@ -151,13 +146,28 @@ def resolve_dataset(dataset_id: str, config: str | None = None, mirror: str | Pa
         # A folder named like "owner/name" with no data in it is not what the user meant: fall through.
         if not re.fullmatch(r"[\w.-]+/[\w.-]+", dataset_id):
             raise StrataError(f"folder {dataset_id} has no .jsonl/.json/.csv/.parquet files named <split>.<ext>")
+    return None
 
-    hub_id = canonical_dataset_id(dataset_id)
-    from strata.data import synthetic  # lazy: keeps the hub layer free of data-generation imports
 
-    if hub_id == synthetic.SYNTHETIC_ID:
-        return DataSource("builtin", hub_id)
+def resolve_dataset(
+    dataset_id: str,
+    config: str | None = None,
+    mirror: str | Path | None = None,
+    *,
+    hub_id: str | None = None,
+    refusal: str | None = None,
+    revision: str | None = None,
+) -> DataSource:
+    """Find where a dataset lives: local path, mirror, then (if allowed) the hub.
 
+    ``hub_id`` is the canonical id an alias stands for (default: ``dataset_id``); ``refusal`` the one-line
+    reason the hub may not be used for it (a script or gated repo), raised only once the mirror has no copy;
+    ``revision`` the hub revision to load. The caller (``strata.data.sources``) takes them from the registry.
+    """
+    local = local_source(dataset_id, config)
+    if local is not None:
+        return local
+    hub_id = hub_id or dataset_id.strip()
     tried = [f"local path '{dataset_id}'"]
     root = mirror_root(str(mirror) if mirror else None)
     if root is not None:
@@ -170,11 +180,7 @@ def resolve_dataset(dataset_id: str, config: str | None = None, mirror: str | Pa
                 return DataSource("mirror", str(folder), files, tuple(tried))
     else:
         tried.append(f"no mirror (--hub_mirror / ${MIRROR_ENV} not set)")
-
-    from strata.data.registry import REGISTRY, hub_refusal  # lazy: the registry imports this module
-
-    refusal = hub_refusal(hub_id, config)  # script repos and gated repos without a token: before any download
-    if refusal:
+    if refusal:  # script repos and gated repos without a token: before any download
         raise StrataError(refusal)
     if hub_offline():
         suggestion = root if root is not None else "<mirror>"
@@ -184,7 +190,6 @@ def resolve_dataset(dataset_id: str, config: str | None = None, mirror: str | Pa
             f"(HF_HUB_OFFLINE). Mirror it with `hf download {hub_id} --repo-type dataset "
             f"--local-dir {suggestion}/datasets/{hub_id}` on a machine with internet, or pass a local .jsonl/.csv file"
         )
-    revision = REGISTRY[hub_id].revision if hub_id in REGISTRY else None
     return DataSource("hub", hub_id, tried=tuple(tried), revision=revision)
 
 
@@ -208,31 +213,20 @@ def _missing_split_error(dataset_id: str, config: str | None, missing: str, avai
     )
 
 
-def available_splits(dataset_id: str, config: str | None = None, mirror: str | Path | None = None) -> list[str]:
-    """Split names a dataset has where it was found (mirror/local files, the built-in generator, or the hub)."""
-    source = resolve_dataset(dataset_id, config, mirror)
-    if source.kind == "builtin":
-        from strata.data import synthetic
-
-        return list(synthetic.SPLIT_SIZES)
+def source_splits(source: DataSource, config: str | None = None) -> list[str]:
+    """Split names of a resolved local, mirror or hub source (the hub is asked for its split names)."""
     if source.kind == "hub":
         return list(datasets.get_dataset_split_names(source.location, config, revision=source.revision))
     return list(source.files)
 
 
-def load_split(
-    dataset_id: str, config: str | None, split: str, mirror: str | Path | None = None
-) -> datasets.Dataset:
-    """Load one split (datasets split syntax: ``test[:10000]``, ``train[:90%]``, ``train[90%:]``).
+def load_source(source: DataSource, split: str, dataset_id: str, config: str | None = None) -> datasets.Dataset:
+    """Load one split of a resolved source (datasets split syntax: ``test[:10000]``, ``train[:90%]``).
 
-    A split that isn't there raises a StrataError naming the splits that are.
+    A split that isn't there raises a StrataError naming the splits that are; ``dataset_id`` is the name
+    the user gave, for the messages.
     """
     names = split_names(split)
-    source = resolve_dataset(dataset_id, config, mirror)
-    if source.kind == "builtin":
-        from strata.data import synthetic
-
-        return select_split(synthetic.build_splits(), split, dataset_id=source.location)
     if source.kind == "hub":
         try:
             return datasets.load_dataset(source.location, config, split=split, revision=source.revision)

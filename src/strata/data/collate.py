@@ -1,8 +1,9 @@
-"""Collators: dynamic padding, seq2seq padding, and packed rows with restarting ``position_ids``.
+"""Collators: dynamic padding (TRL's), seq2seq padding (transformers'), and packed rows with restarting
+``position_ids`` (ours).
 
-All three are plain callables over lists of feature dicts, usable as ``Trainer(data_collator=...)`` or in
-a ``DataLoader``. They never look at token ids to decide what is padding: GPT-2 has no pad token and
-reuses EOS for it, so masking "labels == pad id" would also drop the real, labelled EOS.
+All three are callables over lists of feature dicts, usable as ``Trainer(data_collator=...)`` or in a
+``DataLoader``. None looks at token ids to decide what is padding: GPT-2 has no pad token and reuses EOS
+for it, so masking "labels == pad id" would also drop the real, labelled EOS.
 """
 
 from __future__ import annotations
@@ -48,11 +49,18 @@ def _width(lengths: Sequence[int], multiple: int | None) -> int:
 
 
 class PaddingCollator:
-    """Right-pad to the longest example in the batch; labels are -100 wherever ``attention_mask`` is 0.
+    """Right-pad to the longest example in the batch; labels are -100 on padding (decided by position).
 
     Features need ``input_ids`` and optionally ``labels`` (without labels, labels = input_ids on real
     tokens, for plain LM data). Returns ``input_ids``, ``attention_mask``, ``labels`` as int64 tensors, plus
     ``stratum_ids`` [B] when the features carry one (a stratified model's ``domain`` source).
+
+    The padding is TRL's ``DataCollatorForLanguageModeling`` (``trl.trainer.sft_trainer``, in TRL's SFT
+    reference), tensor for tensor (tests/test_collate.py, also against transformers' DataCollatorForSeq2Seq).
+    This wrapper keeps what the library loses: ``stratum_ids`` (it returns only the three tensors), a pad id
+    taken from a tokenizer that has none (GPT-2: EOS), and a one-line error for an empty batch.
+    transformers' own DataCollatorForLanguageModeling(mlm=False) is not equivalent: it rebuilds labels from
+    ``input_ids`` and masks ``labels == pad id``, which drops completion-only labels and GPT-2's real EOS.
     """
 
     def __init__(
@@ -61,53 +69,37 @@ class PaddingCollator:
         pad_token_id: int | None = None,
         pad_to_multiple_of: int | None = None,
     ) -> None:
+        # Lazy: trl's SFT module costs ~7 s to import alone (0.2 s once transformers' Trainer is imported).
+        from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
         self.pad_token_id = _pad_id(tokenizer, pad_token_id)
         self.pad_to_multiple_of = pad_to_multiple_of
+        self._library = DataCollatorForLanguageModeling(
+            pad_token_id=self.pad_token_id, pad_to_multiple_of=pad_to_multiple_of
+        )
 
     def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         if not features:
             raise StrataError("PaddingCollator got an empty batch; check the dataset is not empty")
-        ids = [_as_list(f["input_ids"]) for f in features]
-        lengths = [len(x) for x in ids]
-        width = _width(lengths, self.pad_to_multiple_of)
-        input_ids = _right_pad(ids, width, self.pad_token_id)
-        attention_mask = (torch.arange(width)[None, :] < torch.as_tensor(lengths)[:, None]).long()
-        if "labels" in features[0]:
-            labels = _right_pad([_as_list(f["labels"]) for f in features], width, IGNORE_INDEX)
-        else:
-            labels = input_ids.clone()
-        labels = labels.masked_fill(attention_mask == 0, IGNORE_INDEX)
-        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        keys = [k for k in ("input_ids", "labels") if k in features[0]]
+        batch = self._library([{k: _as_list(f[k]) for k in keys} for f in features])
         if "stratum_ids" in features[0]:  # one domain tag per example, for stratum_source="domain"
             batch["stratum_ids"] = torch.as_tensor([int(f["stratum_ids"]) for f in features], dtype=torch.long)
         return batch
 
 
-class Seq2SeqCollator:
-    """Pad encoder ``input_ids`` (with ``attention_mask``) and decoder ``labels`` (with -100) separately.
+def seq2seq_collator(tokenizer: Any):
+    """Encoder ``input_ids`` (with ``attention_mask``) and decoder ``labels`` (with -100) padded apart.
 
-    T5 and BART build ``decoder_input_ids`` from ``labels`` themselves (shift right, -100 -> pad), so none
-    are returned here. Equivalent to ``DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)``
-    without a model, minus its dependency on ``tokenizer.pad``.
+    transformers' ``DataCollatorForSeq2Seq`` without a model: T5 and BART build ``decoder_input_ids`` from
+    ``labels`` themselves (shift right, -100 -> pad). It pads with the tokenizer (``tokenizer.pad``, on its
+    ``padding_side``), so the tokenizer needs a pad token; strata.models.tokenizers always sets one.
     """
+    from transformers import DataCollatorForSeq2Seq
 
-    def __init__(self, tokenizer: Any | None = None, pad_token_id: int | None = None) -> None:
-        self.pad_token_id = _pad_id(tokenizer, pad_token_id)
-
-    def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        if not features:
-            raise StrataError("Seq2SeqCollator got an empty batch; check the dataset is not empty")
-        ids = [_as_list(f["input_ids"]) for f in features]
-        lengths = [len(x) for x in ids]
-        width = _width(lengths, None)
-        batch = {
-            "input_ids": _right_pad(ids, width, self.pad_token_id),
-            "attention_mask": (torch.arange(width)[None, :] < torch.as_tensor(lengths)[:, None]).long(),
-        }
-        if "labels" in features[0]:
-            labels = [_as_list(f["labels"]) for f in features]
-            batch["labels"] = _right_pad(labels, _width([len(x) for x in labels], None), IGNORE_INDEX)
-        return batch
+    if getattr(tokenizer, "pad_token_id", None) is None:
+        raise StrataError("an encoder-decoder batch needs a tokenizer with a pad token; set tokenizer.pad_token")
+    return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX)
 
 
 class PackingCollator:
@@ -132,6 +124,10 @@ class PackingCollator:
 
     Each example's first label is set to -100: the model shifts labels inside the row, so that label
     would otherwise be predicted from the previous example's last token.
+
+    Ours rather than TRL's ``padding_free`` collator, which always flattens the whole batch into one row
+    (what ``flatten=True`` does; sdpa/eager then pay total**2), derives positions from ``seq_lengths`` rather
+    than taking ``pack_examples``' ``position_ids``, and leaves the cache on.
     """
 
     def __init__(

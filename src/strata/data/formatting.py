@@ -15,8 +15,7 @@ from typing import Any
 
 import datasets
 
-from strata import hub
-from strata.data import prompts
+from strata.data import prompts, sources
 from strata.data.local_files import spec_for_local
 from strata.data.registry import MODES, REGISTRY, DatasetSpec, get_spec, unsupported_refusal
 from strata.errors import StrataError
@@ -44,7 +43,7 @@ class FormattedDataset:
     split_note: str = ""  # how the rows were chosen when it is more than the split expression (carves)
 
 
-def _label_id(spec: DatasetSpec, raw: Any) -> int:
+def label_id(spec: DatasetSpec, raw: Any) -> int:
     """The label as an index into the spec's label words; -1 means unlabelled (hidden test labels)."""
     words = spec.label_words or ()
     if raw is None:
@@ -124,7 +123,7 @@ def format_example(spec: DatasetSpec, config: str | None, example: dict, mode: s
 
     label, reference = -1, ""
     if spec.family == "classification":
-        label = _label_id(spec, example.get(spec.label_column))
+        label = label_id(spec, example.get(spec.label_column))
         words = list(spec.label_words or ())
         prompt = prompts.render(
             spec.prompt_template,
@@ -180,7 +179,7 @@ def _sft_features(spec: DatasetSpec) -> datasets.Features:
     return datasets.Features({**SFT_FEATURES, **{c: datasets.Value("string") for c in spec.reward_columns}})
 
 
-def _chunk(text: str, max_chars: int) -> list[str]:
+def chunk_text(text: str, max_chars: int) -> list[str]:
     """Split a very long text at paragraph breaks into pieces of at most about ``max_chars``.
 
     Hand-written because tiny_shakespeare stores each split as one row; packing after tokenization then
@@ -213,7 +212,7 @@ def _resolve_spec(
 ) -> DatasetSpec:
     local = Path(dataset_id).expanduser()
     # A local path wins, except a folder that merely shares its name with a registered hub id ("nyu-mll/glue").
-    if local.is_file() or (local.is_dir() and hub.canonical_dataset_id(dataset_id) not in REGISTRY):
+    if local.is_file() or (local.is_dir() and sources.canonical_dataset_id(dataset_id) not in REGISTRY):
         return spec_for_local(dataset_id, text_column, label_column, label_names, prompt_template, task=task,
                               mode=mode)
     spec = get_spec(dataset_id)
@@ -251,27 +250,20 @@ def _carve(
     return shuffled.select(rows), carve.describe()
 
 
-def load_formatted(
+def checked_spec(
     dataset_id: str,
-    config: str | None = None,
-    split: str | None = None,
-    mode: str = "sft",
-    mirror: str | Path | None = None,
+    config: str | None,
+    mode: str,
     *,
-    purpose: str = "train",
     text_column: str | None = None,
     label_column: str | None = None,
     label_names: list[str] | str | None = None,
     prompt_template: str | None = None,
     task: str = "auto",
-    max_examples: int | None = None,
-    seed: int = 0,
-) -> FormattedDataset:
-    """Resolve, load, harmonize and format one split of a dataset (local file, mirror, built-in or hub).
+) -> tuple[DatasetSpec, str | None]:
+    """The spec (with the user's overrides) and config of a request, refused in one line before any load.
 
-    ``split`` None takes the spec's default for ``purpose``. Single-split datasets are carved with a fixed
-    seed (see ``EvalCarve``). ``max_examples`` takes a ``seed``-shuffled subset, so a small eval slice of a
-    label-sorted split (rotten_tomatoes puts positives first) still has every label.
+    Shared by ``load_formatted`` and the streamed path, so both refuse the same mode, task and label flags.
     """
     if mode not in MODES:
         raise StrataError(f"unknown mode '{mode}'; use one of {', '.join(MODES)}")
@@ -295,32 +287,19 @@ def load_formatted(
         raise StrataError(
             f"dataset '{spec.id}' is a {spec.family} dataset, not {task}; use --task auto or --task {spec.family}"
         )
-    split = split or spec.split_for(purpose)
-    raw = hub.load_split(spec.id, config, split, mirror)
-    note = ""
+    return spec, config
+
+
+def labelled_rows(raw: datasets.Dataset, spec: DatasetSpec, config: str | None, split: str) -> datasets.Dataset:
+    """The raw rows checked against the spec's columns; for classification only the labelled ones.
+
+    A schema that does not match the files fails here in one line, not as empty completions.
+    """
     if len(raw) == 0:
         raise StrataError(
             f"split '{split}' of '{spec.id}' is empty; pick another with --train_split/--eval_split"
         )
-
-    if spec.family == "classification":
-        missing = [
-            c
-            for c in (spec.text_column, spec.text_pair_column, spec.label_column)
-            if c and c not in raw.column_names
-        ]
-        if missing:
-            raise StrataError(
-                f"'{spec.id}' has no column(s) {', '.join(missing)}; its columns are {', '.join(raw.column_names)}"
-            )
-        labels = [_label_id(spec, value) for value in raw[spec.label_column]]  # also range-checks every label
-        keep = [i for i, label in enumerate(labels) if label >= 0]
-        if not keep:
-            raise StrataError(f"split {split} of '{spec.id}' has no labels; use --eval_split validation")
-        if len(keep) < len(raw):
-            raw = raw.select(keep)
-    else:
-        # A schema that does not match the files fails here in one line, not as empty completions.
+    if spec.family != "classification":
         columns = spec.expected_columns if spec.family != "pretrain" else (spec.text_column,)
         missing = [c for c in columns if c and c not in raw.column_names]
         if missing:
@@ -328,11 +307,23 @@ def load_formatted(
                 f"'{spec.id}'" + (f" ({config})" if config else "") + f" has no column(s) {', '.join(missing)}; "
                 f"its columns are {', '.join(raw.column_names)} (expected {', '.join(columns)})"
             )
+        return raw
+    wanted = (spec.text_column, spec.text_pair_column, spec.label_column)
+    missing = [c for c in wanted if c and c not in raw.column_names]
+    if missing:
+        raise StrataError(
+            f"'{spec.id}' has no column(s) {', '.join(missing)}; its columns are {', '.join(raw.column_names)}"
+        )
+    labels = [label_id(spec, value) for value in raw[spec.label_column]]  # also range-checks every label
+    keep = [i for i, label in enumerate(labels) if label >= 0]
+    if not keep:
+        raise StrataError(f"split {split} of '{spec.id}' has no labels; use --eval_split validation")
+    return raw.select(keep) if len(keep) < len(raw) else raw
 
-    raw, note = _carve(raw, spec, split, purpose)
-    if max_examples is not None and max_examples < len(raw):
-        raw = raw.shuffle(seed=seed).select(range(max_examples))
 
+def _format_rows(raw: datasets.Dataset, spec: DatasetSpec, config: str | None, mode: str,
+                 max_examples: int | None) -> datasets.Dataset:
+    """Map the raw rows to the common schema (or text), then cut long pretraining texts into chunks."""
     formatted = raw.map(
         lambda example: format_example(spec, config, example, mode),
         remove_columns=raw.column_names,
@@ -342,22 +333,46 @@ def load_formatted(
     if mode == "pretrain" and spec.chunk_chars:
         chunk_chars = spec.chunk_chars
         formatted = formatted.map(
-            lambda batch: {"text": [piece for text in batch["text"] for piece in _chunk(text, chunk_chars)]},
+            lambda batch: {"text": [piece for text in batch["text"] for piece in chunk_text(text, chunk_chars)]},
             batched=True,
         )
         if max_examples is not None and max_examples < len(formatted):
             formatted = formatted.select(range(max_examples))
+    return formatted
+
+
+def load_formatted(
+    dataset_id: str,
+    config: str | None = None,
+    split: str | None = None,
+    mode: str = "sft",
+    mirror: str | Path | None = None,
+    *,
+    purpose: str = "train",
+    text_column: str | None = None,
+    label_column: str | None = None,
+    label_names: list[str] | str | None = None,
+    prompt_template: str | None = None,
+    task: str = "auto",
+    max_examples: int | None = None,
+    seed: int = 0,
+) -> FormattedDataset:
+    """Resolve, load, harmonize and format one split of a dataset (local file, mirror, built-in or hub).
+
+    ``split`` None takes the spec's default for ``purpose``. Single-split datasets are carved with a fixed
+    seed (see ``EvalCarve``). ``max_examples`` takes a ``seed``-shuffled subset, so a small eval slice of a
+    label-sorted split (rotten_tomatoes puts positives first) still has every label.
+    """
+    spec, config = checked_spec(dataset_id, config, mode, text_column=text_column, label_column=label_column,
+                                label_names=label_names, prompt_template=prompt_template, task=task)
+    split = split or spec.split_for(purpose)
+    raw = labelled_rows(sources.load_split(spec.id, config, split, mirror), spec, config, split)
+    raw, note = _carve(raw, spec, split, purpose)
+    if max_examples is not None and max_examples < len(raw):
+        raw = raw.shuffle(seed=seed).select(range(max_examples))
+    formatted = _format_rows(raw, spec, config, mode, max_examples)
     if len(formatted) == 0:
         raise StrataError(f"split '{split}' of '{spec.id}' is empty after formatting")
-    return FormattedDataset(
-        dataset=formatted,
-        spec=spec,
-        config=config,
-        split=split,
-        family=spec.family,
-        label_words=list(spec.label_words)
-        if spec.label_words and spec.family in ("classification", "multiple_choice")
-        else None,
-        tag=spec.tag,
-        split_note=note,
-    )
+    words = spec.label_words if spec.family in ("classification", "multiple_choice") else None
+    return FormattedDataset(dataset=formatted, spec=spec, config=config, split=split, family=spec.family,
+                            label_words=list(words) if words else None, tag=spec.tag, split_note=note)

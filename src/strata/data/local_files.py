@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from strata.data import prompts
-from strata.data.registry import DatasetSpec, EvalCarve
+from strata.data import prompts, sources
+from strata.data.spec import DatasetSpec, EvalCarve
 from strata.errors import StrataError
 
 LOCAL_TASKS = ("classification", "qa", "pretrain")
@@ -33,11 +33,9 @@ def spec_for_local(
     Without ``label_names`` the names are taken from the data: sorted distinct strings, or "0".."n-1"
     for ints; given names must match the labels present.
     """
-    from strata import hub  # lazy: hub imports the registry for aliases
-
-    available = hub.available_splits(path)
+    available = sources.available_splits(path)
     sample_split = "train" if "train" in available else available[0]
-    data = hub.load_split(path, None, sample_split)
+    data = sources.load_split(path, None, sample_split)
     columns = list(data.column_names)
     family = _family(task, mode, label_column, columns, path)
 

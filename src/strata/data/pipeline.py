@@ -6,55 +6,16 @@ the data (``--train_tokenizer``) has to see the formatted text before anything i
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import datasets
 
-from strata.config import DataArguments
+from strata.data.arguments import DataArguments
+from strata.data.examples import SOURCE_COLUMN, EvalSource, Examples, TokenizedData, source_flags
 from strata.errors import StrataError
 
-SOURCE_COLUMN = "source_index"  # a mixture's training rows: index of their dataset in --datasets
-
-
-@dataclass
-class EvalSource:
-    """One evaluation set, scored with its own label words (mixtures may mix label sets)."""
-
-    name: str
-    dataset: datasets.Dataset
-    family: str
-    label_words: list[str] | None
-
-
-@dataclass
-class Examples:
-    """Formatted examples: ``prompt``/``completion`` (sft, rl) or ``text`` (pretrain).
-
-    With ``streaming`` (``--streaming``, strata.data.streaming) ``train`` is a never-ending
-    ``datasets.IterableDataset``; the eval sets are always regular Datasets.
-    """
-
-    train: datasets.Dataset | datasets.IterableDataset
-    evals: list[EvalSource]
-    family: str
-    tag: str
-    sources: list[dict[str, Any]] = field(default_factory=list)
-    streaming: bool = False
-
-    @property
-    def label_words(self) -> list[str] | None:
-        return self.evals[0].label_words if self.evals else None
-
-    def training_texts(self) -> list[str]:
-        if self.streaming:  # a tokenizer trained at start-up sees the stream's leading documents
-            from strata.data.streaming import sample_texts
-
-            return sample_texts(self.train)
-        if "text" in self.train.column_names:
-            return list(self.train["text"])
-        return [p + c for p, c in zip(self.train["prompt"], self.train["completion"])]
-
+__all__ = ["SOURCE_COLUMN", "EvalSource", "Examples", "TokenizedData", "load_eval_sources", "load_examples",
+           "tokenize_examples"]
 
 def load_examples(data: DataArguments, mode: str, seed: int) -> Examples:
     """Load, format and (for --datasets) mix the train split; keep each source's eval split apart."""
@@ -64,7 +25,7 @@ def load_examples(data: DataArguments, mode: str, seed: int) -> Examples:
 
     if uses_streaming(data, mode):
         return load_stream_examples(data, mode, seed)
-    ids, configs, rates, train_splits, eval_splits = _source_flags(data)
+    ids, configs, rates, train_splits, eval_splits = source_flags(data)
     trains, evals, sources, tags, families = [], [], [], [], []
     for dataset_id, config, train_split, eval_split in zip(ids, configs, train_splits, eval_splits):
         train = load_formatted(
@@ -112,26 +73,13 @@ def load_eval_sources(data: DataArguments, mode: str, seed: int) -> list[tuple[E
 
     if uses_streaming(data, mode):
         return stream_eval_sources(data, mode)
-    ids, configs, _rates, _train_splits, eval_splits = _source_flags(data)
+    ids, configs, _rates, _train_splits, eval_splits = source_flags(data)
     out = []
     for dataset_id, config, eval_split in zip(ids, configs, eval_splits):
         evaluation = _load_eval(data, dataset_id, config, eval_split, mode, seed, len(ids))
         source = EvalSource(evaluation.tag, evaluation.dataset, evaluation.family, evaluation.label_words)
         out.append((source, evaluation.split))
     return out
-
-
-def _source_flags(data: DataArguments) -> tuple[list[str], list[str | None], list[float], list, list]:
-    """Per-source dataset ids, configs, rates, train splits and eval splits (one source without --datasets)."""
-    if data.datasets:
-        ids = data.datasets
-        configs = data.dataset_configs or [None] * len(ids)
-        rates = data.mixture_rates or []
-    else:
-        ids, configs, rates = [data.dataset], [data.dataset_config], [1.0]
-    train_splits = _per_source(data.train_splits, data.train_split, len(ids))
-    eval_splits = _per_source(data.eval_splits, data.eval_split, len(ids))
-    return ids, configs, rates, train_splits, eval_splits
 
 
 def _format_flags(data: DataArguments) -> dict[str, Any]:
@@ -176,13 +124,6 @@ def _prefix_for(train: datasets.Dataset, rows_needed: int | None, data: DataArgu
     return train.select(range(min(len(train), wanted)))
 
 
-def _per_source(values: list[str | None] | None, default: str | None, n: int) -> list[str | None]:
-    """One split per source: --train_splits/--eval_splits entries, None falling back to the single flag."""
-    if values is None:
-        return [default] * n
-    return [default if value is None else value for value in values]
-
-
 def _per_source_cap(cap: int | None, n: int) -> int | None:
     return None if cap is None else max(1, cap // n)
 
@@ -195,14 +136,6 @@ def _common_columns(parts: list[datasets.Dataset]) -> list[datasets.Dataset]:
     return [part.select_columns([c for c in part.column_names if c in common]) for part in parts]
 
 
-@dataclass
-class TokenizedData:
-    train: datasets.Dataset
-    eval: datasets.Dataset | None
-    collator: Any
-    loss_tokens: int | None  # label-bearing tokens in the training set (None for a stream: not known ahead)
-
-
 def tokenize_examples(examples: Examples, tokenizer, kind: str, data: DataArguments, mode: str,
                       seed: int, rows_needed: int | None = None) -> TokenizedData:
     """Tokenize with completion-only labels (or pretraining chunks), then pack or pad.
@@ -210,7 +143,7 @@ def tokenize_examples(examples: Examples, tokenizer, kind: str, data: DataArgume
     ``rows_needed`` (max_steps x global batch) lets a short run on a large dataset tokenize only the
     examples it will see, in the same order a full run would see them.
     """
-    from strata.data.collate import PackingCollator, PaddingCollator, Seq2SeqCollator
+    from strata.data.collate import PackingCollator, PaddingCollator, seq2seq_collator
     from strata.data.packing import pack_examples
     from strata.data.tokenization import tokenize_completions, tokenize_pretraining, tokenize_seq2seq
 
@@ -229,7 +162,7 @@ def tokenize_examples(examples: Examples, tokenizer, kind: str, data: DataArgume
         def tok(ds: datasets.Dataset) -> datasets.Dataset:
             return tokenize_seq2seq(ds, tokenizer, data.max_length, data.max_length)
 
-        collator: Any = Seq2SeqCollator(tokenizer)
+        collator: Any = seq2seq_collator(tokenizer)
     elif mode == "pretrain":
 
         def tok(ds: datasets.Dataset) -> datasets.Dataset:

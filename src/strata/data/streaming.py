@@ -27,13 +27,17 @@ from typing import Any
 import datasets
 import numpy as np
 
+from strata import hub
+from strata.data import synthetic
+from strata.data.arguments import DataArguments
+from strata.data.examples import SOURCE_COLUMN, EvalSource, Examples, TokenizedData, source_flags
+from strata.data.formatting import TEXT_FEATURES, checked_spec, chunk_text, format_example, label_id
+from strata.data.registry import REGISTRY
+from strata.data.sources import canonical_dataset_id, resolve_dataset
 from strata.errors import StrataError
 
 SHUFFLE_BUFFER = 1000  # documents held by each source's shuffle buffer (datasets' default; huge corpora have long documents)
 TOKENIZE_BATCH = 1000  # documents joined per map batch: tokenize_pretraining's batch_size, hence its rows
-TOKENIZER_SAMPLE_DOCS = 20_000  # a tokenizer trained at start-up (--train_tokenizer, presets) sees at most
-TOKENIZER_SAMPLE_CHARS = 20_000_000  # these many leading documents / characters of the training stream
-SOURCE_COLUMN = "source_index"  # the same name as strata.data.pipeline's (a mixture's source per document)
 _ON, _OFF = ("true", "yes", "1", "on"), ("false", "no", "0", "off")
 
 # Resuming: Trainer restores a checkpoint's global step and, unless ignore_data_skip, replays the train
@@ -61,16 +65,13 @@ def streaming_value(raw: str | bool | None) -> bool | None:
     raise StrataError(f"--streaming {raw!r} is not one of auto, true, false")
 
 
-def _sources(data) -> list[tuple[str, str | None]]:
+def _sources(data: DataArguments) -> list[tuple[str, str | None]]:
     if data.datasets:
         return list(zip(data.datasets, data.dataset_configs or [None] * len(data.datasets)))
     return [(data.dataset, data.dataset_config)]
 
 
 def _marked_huge(dataset_id: str, config: str | None) -> bool:
-    from strata.data.registry import REGISTRY
-    from strata.hub import canonical_dataset_id
-
     if Path(dataset_id).expanduser().exists():
         return False
     spec = REGISTRY.get(canonical_dataset_id(dataset_id))
@@ -82,7 +83,7 @@ def _marked_huge(dataset_id: str, config: str | None) -> bool:
         return False
 
 
-def uses_streaming(data, mode: str) -> bool:
+def uses_streaming(data: DataArguments, mode: str) -> bool:
     """Whether this run streams: the flag when given, else whether any source is a huge pretraining corpus."""
     value = streaming_value(data.streaming)
     if value is not None:
@@ -91,16 +92,24 @@ def uses_streaming(data, mode: str) -> bool:
 
 
 def check_streaming_flags(config, given: set[str]) -> None:
-    """Refuse, in one line and before anything loads, what a streamed run cannot honour."""
-    d, t = config.data, config.train
+    """``check_stream_request`` for a parsed run configuration (what ``strata.config`` calls)."""
+    check_stream_request(config.data, config.train.mode, config.train.max_steps, config.model.stratum_source, given)
+
+
+def check_stream_request(d: DataArguments, mode: str, max_steps: int, stratum_source: str | None,
+                         given: set[str]) -> None:
+    """Refuse, in one line and before anything loads, what a streamed run cannot honour.
+
+    The training and model flags it needs come in as values (``given``: the flags named on the command line).
+    """
     streaming_value(d.streaming)
-    if not uses_streaming(d, t.mode):
+    if not uses_streaming(d, mode):
         return
     why = "" if "streaming" in given else " (on by default for this corpus; --streaming false loads it whole)"
-    if t.mode != "pretrain":
-        raise StrataError(f"--streaming is for --mode pretrain; --mode {t.mode} loads its split whole (cap it with "
+    if mode != "pretrain":
+        raise StrataError(f"--streaming is for --mode pretrain; --mode {mode} loads its split whole (cap it with "
                           "--max_train_examples)")
-    if "max_steps" not in given or t.max_steps <= 0:
+    if "max_steps" not in given or max_steps <= 0:
         raise StrataError(f"--streaming needs --max_steps N: a stream has no length to count epochs from{why}")
     if "num_train_epochs" in given:
         raise StrataError("--num_train_epochs has no meaning on a stream: a streamed run trains --max_steps steps "
@@ -115,20 +124,16 @@ def check_streaming_flags(config, given: set[str]) -> None:
     if d.max_eval_examples is None:
         raise StrataError(f"--streaming evaluates on the first --max_eval_examples rows of the eval stream; pass "
                           f"--max_eval_examples N{why}")
-    if config.model.stratum_source in ("clusters", "lid_bins"):
-        raise StrataError(f"--stratum_source {config.model.stratum_source} is fitted on the loaded training rows, "
+    if stratum_source in ("clusters", "lid_bins"):
+        raise StrataError(f"--stratum_source {stratum_source} is fitted on the loaded training rows, "
                           f"which a stream does not hold; use learned/hash or --streaming false{why}")
 
 
 # ---------------------------------------------------------------------------- opening and formatting
 def open_stream(dataset_id: str, config: str | None, split: str, mirror: str | None) -> datasets.IterableDataset:
     """One split as an IterableDataset: mirror/local files through the json/csv/parquet builder, else the hub."""
-    from strata import hub
-
-    source = hub.resolve_dataset(dataset_id, config, mirror)
+    source = resolve_dataset(dataset_id, config, mirror)
     if source.kind == "builtin":
-        from strata.data import synthetic
-
         return hub.select_split(synthetic.build_splits(), split, dataset_id=source.location).to_iterable_dataset()
     if source.kind == "hub":
         return datasets.load_dataset(source.location, config, split=split, streaming=True)
@@ -154,19 +159,11 @@ class StreamSource:
 
 
 def formatted_stream(dataset_id: str, config: str | None, split: str | None, mode: str, mirror: str | None,
-                     purpose: str, data, max_eval: int | None) -> StreamSource:
+                     purpose: str, data: DataArguments, max_eval: int | None) -> StreamSource:
     """Open, harmonize and format one split as ``{"text"}`` rows, chunked like ``load_formatted`` does."""
-    from strata.data.formatting import TEXT_FEATURES, _chunk, _label_id, _resolve_spec, format_example
-
-    base = _resolve_spec(dataset_id, data.text_column, data.label_column, data.label_names, data.prompt_template,
-                         data.task, mode)
-    config = config or base.default_config
-    spec = base.for_config(config)
-    if mode not in spec.modes:
-        raise StrataError(f"dataset '{spec.id}' does not support --mode {mode}; it supports {', '.join(spec.modes)}")
-    if data.task not in ("auto", spec.family):
-        raise StrataError(f"dataset '{spec.id}' is a {spec.family} dataset, not {data.task}; use --task auto or "
-                          f"--task {spec.family}")
+    spec, config = checked_spec(dataset_id, config, mode, text_column=data.text_column,
+                                label_column=data.label_column, label_names=data.label_names,
+                                prompt_template=data.prompt_template, task=data.task)
     split = split or spec.split_for(purpose)
     raw = open_stream(spec.id, config, split, mirror)
     carve_skip = 0
@@ -175,14 +172,14 @@ def formatted_stream(dataset_id: str, config: str | None, split: str | None, mod
         carve_skip = max_eval or 0
         raw = raw.take(carve_skip) if purpose == "eval" else raw.skip(carve_skip)
     if spec.family == "classification":
-        raw = raw.filter(lambda example: _label_id(spec, example.get(spec.label_column)) >= 0)
+        raw = raw.filter(lambda example: label_id(spec, example.get(spec.label_column)) >= 0)
     chunk_chars = spec.chunk_chars
 
     def to_text(batch: dict[str, list]) -> dict[str, list]:
         rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
         texts = [format_example(spec, config, row, mode)["text"] for row in rows]
         if chunk_chars:
-            texts = [piece for text in texts for piece in _chunk(text, chunk_chars)]
+            texts = [piece for text in texts for piece in chunk_text(text, chunk_chars)]
         return {"text": texts}
 
     # A hub stream may not declare its features: then its first row names the columns to drop.
@@ -217,20 +214,7 @@ def eval_rows(source: StreamSource, max_eval: int) -> datasets.Dataset:
     if not rows:
         raise StrataError(f"the evaluation split '{source.split}' of {source.tag} is empty; choose another "
                           "--eval_split")
-    from strata.data.formatting import TEXT_FEATURES
-
     return datasets.Dataset.from_list(rows, features=TEXT_FEATURES)
-
-
-def sample_texts(stream: datasets.IterableDataset) -> list[str]:
-    """The leading documents of a training stream, for a tokenizer trained at start-up."""
-    texts, chars = [], 0
-    for row in itertools.islice(iter(stream), TOKENIZER_SAMPLE_DOCS):
-        texts.append(row["text"])
-        chars += len(row["text"])
-        if chars >= TOKENIZER_SAMPLE_CHARS:
-            break
-    return texts
 
 
 # ---------------------------------------------------------------------------- tokenizing and packing
@@ -288,12 +272,11 @@ def tokenize_stream(stream: datasets.IterableDataset, tokenizer: Any, max_length
 
 
 # ---------------------------------------------------------------------------- the pipeline's streaming branch
-def load_stream_examples(data, mode: str, seed: int):
+def load_stream_examples(data: DataArguments, mode: str, seed: int) -> Examples:
     """``pipeline.load_examples`` for a streamed run: a never-ending training stream, eval rows taken whole."""
     from strata.data.mixture import mixture_tag
-    from strata.data.pipeline import Examples, _source_flags
 
-    ids, configs, rates, train_splits, eval_splits = _source_flags(data)
+    ids, configs, rates, train_splits, eval_splits = source_flags(data)
     trains, evals, sources = [], [], []
     for dataset_id, config, train_split, eval_split in zip(ids, configs, train_splits, eval_splits):
         train = formatted_stream(dataset_id, config, train_split, mode, data.hub_mirror, "train", data,
@@ -315,11 +298,9 @@ def load_stream_examples(data, mode: str, seed: int):
     return Examples(train=stream, evals=evals, family=family, tag=tag, sources=sources, streaming=True)
 
 
-def stream_eval_sources(data, mode: str) -> list[tuple[Any, str]]:
+def stream_eval_sources(data: DataArguments, mode: str) -> list[tuple[EvalSource, str]]:
     """``pipeline.load_eval_sources`` for a streamed run: the same first rows of each eval stream."""
-    from strata.data.pipeline import _source_flags
-
-    ids, configs, _rates, _train_splits, eval_splits = _source_flags(data)
+    ids, configs, _rates, _train_splits, eval_splits = source_flags(data)
     out = []
     for dataset_id, config, eval_split in zip(ids, configs, eval_splits):
         evaluation, stream = _stream_eval(data, dataset_id, config, eval_split, mode, len(ids))
@@ -327,19 +308,18 @@ def stream_eval_sources(data, mode: str) -> list[tuple[Any, str]]:
     return out
 
 
-def _eval_cap(data, n_sources: int) -> int:
+def _eval_cap(data: DataArguments, n_sources: int) -> int:
     return max(1, data.max_eval_examples // n_sources)
 
 
-def _stream_eval(data, dataset_id: str, config: str | None, eval_split: str | None, mode: str, n_sources: int):
-    from strata.data.pipeline import EvalSource
-
+def _stream_eval(data: DataArguments, dataset_id: str, config: str | None, eval_split: str | None, mode: str,
+                 n_sources: int) -> tuple[EvalSource, StreamSource]:
     cap = _eval_cap(data, n_sources)
     stream = formatted_stream(dataset_id, config, eval_split, mode, data.hub_mirror, "eval", data, cap)
     return EvalSource(stream.tag, eval_rows(stream, cap), stream.family, None), stream
 
 
-def tokenize_stream_examples(examples, tokenizer, kind: str, data):
+def tokenize_stream_examples(examples: Examples, tokenizer: Any, kind: str, data: DataArguments) -> TokenizedData:
     """``pipeline.tokenize_examples`` for a streamed run: token rows made as the Trainer reads them.
 
     Batches are padded to ``max_length`` so every batch has one shape: with several processes accelerate
@@ -347,7 +327,6 @@ def tokenize_stream_examples(examples, tokenizer, kind: str, data):
     needs equal widths, and 2 processes x batch B then see the rows of 1 process x batch 2B.
     """
     from strata.data.collate import PackingCollator, PaddingCollator
-    from strata.data.pipeline import TokenizedData
     from strata.data.tokenization import tokenize_pretraining
 
     if kind == "seq2seq":

@@ -18,8 +18,7 @@ from typing import Any
 import datasets
 import torch
 
-from strata import hub
-from strata.data import prompts
+from strata.data import prompts, sources
 from strata.data.encoding import IGNORE_INDEX, causal_row, encode_texts, special_tokens
 from strata.data.spec import DatasetSpec
 from strata.errors import StrataError
@@ -69,7 +68,7 @@ def load_vision_split(spec: DatasetSpec, split: str, mirror: str | None, *, max_
                       seed: int = 0, shuffle: bool = False) -> VisionSplit:
     """Load one split and flatten it to one example per Q/A pair (shuffled with ``seed`` when asked, and before
     ``max_examples`` takes its subset)."""
-    raw = hub.load_split(spec.id, None, split, mirror)
+    raw = sources.load_split(spec.id, None, split, mirror)
     missing = [c for c in (IMAGE_COLUMN, PAIRS_COLUMN) if c not in raw.column_names]
     if missing:
         raise StrataError(f"'{spec.id}' split {split} has no column(s) {', '.join(missing)}; its columns are "

@@ -66,7 +66,7 @@ def is_vision_folder(folder: Path) -> bool:
 def eval_vision_folder(folder: Path, data, seed: int, device: str, max_new_tokens: int | None) -> dict:
     """`strata eval` on a vision model: the run's eval split, the same capped subset, the same generation."""
     from strata.data.registry import REGISTRY
-    from strata.hub import canonical_dataset_id
+    from strata.data.sources import canonical_dataset_id
     from strata.models.loading import resolve_device
     from strata.models.vision import load_folder
 

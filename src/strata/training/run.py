@@ -185,7 +185,8 @@ def refuse_vision_data(config: RunConfig) -> None:
     """An image dataset with a text-only model fails here, before any data is read (a vision-language model
     goes on to training/vision.py)."""
     from strata.data.registry import REGISTRY, check_model_supports, unsupported_refusal
-    from strata.hub import canonical_dataset_id, looks_like_path
+    from strata.data.sources import canonical_dataset_id
+    from strata.hub import looks_like_path
 
     for dataset_id in config.data.datasets or [config.data.dataset]:
         spec = None if looks_like_path(dataset_id) else REGISTRY.get(canonical_dataset_id(dataset_id))

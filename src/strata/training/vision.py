@@ -59,7 +59,8 @@ UNUSED_FLAGS: dict[str, str] = {
 
 def _spec(dataset_id: str):
     from strata.data.registry import REGISTRY
-    from strata.hub import canonical_dataset_id, looks_like_path
+    from strata.data.sources import canonical_dataset_id
+    from strata.hub import looks_like_path
 
     return None if looks_like_path(dataset_id) else REGISTRY.get(canonical_dataset_id(dataset_id))
 
