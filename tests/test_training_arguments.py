@@ -99,3 +99,34 @@ def test_a_bad_value_of_a_pass_through_field_is_one_line():
         parse_run_config(["--optim", "no_such_optimizer"])
     with pytest.raises(StrataError, match="--lr_scheduler_type 'wavy' is not one of"):
         parse_run_config(["--lr_scheduler_type", "wavy"])
+
+
+def test_rl_receives_the_parsed_grpo_config_with_fields_strata_never_mentions(tmp_path, monkeypatch):
+    """--optim and GRPOConfig's --epsilon reach GRPOTrainer: its optimizer is transformers' Adafactor and TRL's
+    clipping bound is the value given; --output_dir-derived checkpoints folder and no TRL bf16 default."""
+    from transformers.optimization import Adafactor
+
+    from strata.training import rl as rl_module
+
+    kept: list = []
+    original = rl_module.build_grpo_trainer
+
+    def spy(*args, **kwargs):
+        kept.append(original(*args, **kwargs))
+        return kept[-1]
+
+    monkeypatch.setattr(rl_module, "build_grpo_trainer", spy)
+    assert run_strata("train", "--mode", "rl", "--model", "llama-tiny", "--per_device_train_batch_size", "2",
+                      "--max_completion_length", "8", "--max_prompt_length", "32", "--max_eval_examples", "2",
+                      "--eval_steps", "0", "--precision", "fp32", "--max_steps", "1", "--max_train_examples", "8",
+                      "--beta", "0", "--optim", "adafactor", "--epsilon", "0.3", "--runs_dir", tmp_path / "runs") == 0
+    (trainer,) = kept
+    optimizer = trainer.optimizer.optimizer if hasattr(trainer.optimizer, "optimizer") else trainer.optimizer
+    assert type(optimizer) is Adafactor
+    assert trainer.epsilon_low == 0.3 and trainer.args.beta == 0.0  # TRL's own attribute, set from args.epsilon
+    assert not trainer.args.bf16 and trainer.args.output_dir.endswith("/checkpoints")
+
+
+def test_hub_token_is_not_written_to_args_json():
+    record = parse_run_config(["--hub_token", "hf_secret"]).to_dict()
+    assert record["hub_token"] == "<HUB_TOKEN>"

@@ -210,6 +210,10 @@ class StrataGRPOConfig(StrataArgumentsMixin, GRPOConfig):
     max_completion_length: int | None = field(
         default=512, metadata={"help": "Generated tokens per completion."})
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature for RL generations."})
+    include_num_input_tokens_seen: str = field(  # GRPO's batches have no input_ids: Trainer would warn each step
+        default="no", metadata={"help": "Count input tokens seen: no | all | non_padding (GRPO logs num_tokens)."})
+    ddp_find_unused_parameters: bool | None = field(
+        default=None, metadata={"help": "DDP's find_unused_parameters (default: transformers' choice)."})
     pad_to_multiple_of: int | str | None = field(
         default=None, metadata={"help": "Pad prompts to a multiple of N (TRL's 'auto' asks for the device at parse "
                                 "time; only Neuron uses it)."})
@@ -307,4 +311,6 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         train = {f.name: getattr(self.train, f.name) for f in dataclasses.fields(self.train) if f.init}
+        for key in [k for k in train if k.endswith("_token") and train[k] is not None]:  # hub_token: never on disk
+            train[key] = f"<{key.upper()}>"  # as TrainingArguments.to_dict() writes it
         return {**asdict(self.data), **asdict(self.model), **train}
