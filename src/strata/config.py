@@ -270,9 +270,14 @@ def given_flags(argv: list[str]) -> set[str]:
 
 def validate(config: Any) -> None:
     """Cheap checks that need no data or model, so bad flags fail before anything loads."""
-    t, m, d = config.train, config.model, config.data
-    if t.mode not in MODES:
-        raise StrataError(f"--mode {t.mode!r} is not one of {', '.join(MODES)}")
+    if config.train.mode not in MODES:
+        raise StrataError(f"--mode {config.train.mode!r} is not one of {', '.join(MODES)}")
+    _validate_model(config.model)
+    _validate_train(config.train)
+    _validate_data(config.data)
+
+
+def _validate_model(m: ModelArguments) -> None:
     if m.init not in ("auto", "pretrained", "scratch"):
         raise StrataError(f"--init {m.init!r} is not one of auto, pretrained, scratch")
     if m.precision not in ("auto", "bf16", "fp16", "fp32"):
@@ -286,14 +291,19 @@ def validate(config: Any) -> None:
                           f"{m.attn_implementation}; pass only one of them")
     if m.device not in ("auto", "cuda", "mps", "cpu"):
         raise StrataError(f"--device {m.device!r} is not one of auto, cuda, mps, cpu")
-    if t.ddp_backend not in (None, "nccl", "gloo"):
-        raise StrataError(f"--ddp_backend {t.ddp_backend!r} is not one of nccl, gloo")
     if sum([m.load_in_4bit, m.load_in_8bit, m.moe_load_in_4bit, m.moe_load_in_8bit]) > 1:
         raise StrataError("choose at most one of --load_in_4bit, --load_in_8bit, --moe_load_in_4bit, --moe_load_in_8bit")
+    if m.use_lora and m.lora_r < 1:
+        raise StrataError(f"--lora_r {m.lora_r} must be a positive rank (e.g. 8, 16 or 64)")
+    if m.merge_lora and not m.use_lora:
+        raise StrataError("--merge_lora needs --use_lora")
+
+
+def _validate_train(t: Any) -> None:
+    if t.ddp_backend not in (None, "nccl", "gloo"):
+        raise StrataError(f"--ddp_backend {t.ddp_backend!r} is not one of nccl, gloo")
     if t.eval_method not in ("loglik", "generate"):
         raise StrataError(f"--eval_method {t.eval_method!r} is not one of loglik, generate")
-    if d.max_length < 8:
-        raise StrataError(f"--max_length {d.max_length} is too small; use at least 8")
     if t.per_device_train_batch_size < 1 or t.gradient_accumulation_steps < 1:
         raise StrataError("--per_device_train_batch_size and --gradient_accumulation_steps must be at least 1")
     if t.max_steps == 0 or t.max_steps < -1:
@@ -301,15 +311,6 @@ def validate(config: Any) -> None:
                           "--num_train_epochs")
     if t.max_steps == -1 and t.num_train_epochs <= 0:
         raise StrataError(f"--num_train_epochs {t.num_train_epochs} trains nothing; pass a positive number")
-    for flag in ("max_train_examples", "max_eval_examples"):
-        value = getattr(d, flag)
-        if value is not None and value < 1:
-            raise StrataError(f"--{flag} {value} keeps no examples; pass a positive number, or leave it out for the "
-                              "whole split")
-    if m.use_lora and m.lora_r < 1:
-        raise StrataError(f"--lora_r {m.lora_r} must be a positive rank (e.g. 8, 16 or 64)")
-    if m.merge_lora and not m.use_lora:
-        raise StrataError("--merge_lora needs --use_lora")
     if t.load_best_model_at_end and not t.save_steps:
         raise StrataError("--load_best_model_at_end needs checkpoints: pass --save_steps (a multiple of --eval_steps)")
     if t.nan_policy not in ("stop", "skip_step"):
@@ -320,6 +321,16 @@ def validate(config: Any) -> None:
         raise StrataError(f"--nan_skip_limit {t.nan_skip_limit} must be at least 1")
     if t.early_stopping_patience is not None and not t.eval_steps:
         raise StrataError("--early_stopping_patience needs periodic evaluation: pass --eval_steps N")
+
+
+def _validate_data(d: DataArguments) -> None:
+    if d.max_length < 8:
+        raise StrataError(f"--max_length {d.max_length} is too small; use at least 8")
+    for flag in ("max_train_examples", "max_eval_examples"):
+        value = getattr(d, flag)
+        if value is not None and value < 1:
+            raise StrataError(f"--{flag} {value} keeps no examples; pass a positive number, or leave it out for the "
+                              "whole split")
     if d.datasets is not None:
         from strata.data.mixture import validate_mixture
 
