@@ -39,8 +39,6 @@ DERIVED: dict[str, str] = {
     "do_eval": "use --eval_steps",
     "do_predict": "use strata eval RUN",
 }
-# Derived, and also flags of Strata's older spellings (strata.flag_aliases rewrites them before parsing).
-ALIASED_NATIVE = ("fp16", "bf16", "local_rank")
 
 
 @contextlib.contextmanager
