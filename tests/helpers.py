@@ -37,3 +37,12 @@ def final_weights(run: Path, name: str = "final") -> dict[str, torch.Tensor]:
 def max_weight_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     assert a.keys() == b.keys()
     return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+
+
+def grpo_args(output_dir, **fields):
+    """A finished StrataGRPOConfig for build_grpo_trainer tests: CPU, fp32, no reporting, log every step."""
+    from strata.training.arguments import StrataGRPOConfig
+
+    defaults = dict(output_dir=str(output_dir), use_cpu=True, bf16=False, report_to=[], logging_steps=1,
+                    save_strategy="no", max_steps=1)
+    return StrataGRPOConfig(**{**defaults, **fields})

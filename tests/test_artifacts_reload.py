@@ -21,6 +21,7 @@ import torch
 from helpers import FAST, metrics, only_run, run_strata
 from safetensors.torch import load_file
 
+import strata.training.rl as rl_module
 import strata.training.run as run_module
 
 IDS = [[5, 17, 42, 99, 7, 3, 250, 11, 64, 120]]
@@ -99,6 +100,7 @@ def train_and_capture(monkeypatch: pytest.MonkeyPatch, *args: str) -> dict:
         return original(trainer, loaded, folder, model_args)
 
     monkeypatch.setattr(run_module, "save_final", spy)
+    monkeypatch.setattr(rl_module, "save_final", spy)  # the RL recipe imports save_final from training/finalize.py
     assert run_strata("train", *args) == 0
     assert "logits" in seen
     return seen

@@ -7,24 +7,48 @@ from pathlib import Path
 
 import pytest
 
-from strata.config import ALL_ARGUMENT_CLASSES, build_parser, parse_run_config
+from strata.config import argument_classes, build_parser, parse_run_config
 from strata.errors import StrataError
-from strata.flag_aliases import ALIASES
+from strata.flag_aliases import RENAMED
 from strata.flag_usage import FLAG_MODES, MODES, markdown_table
+from strata.training.arguments import DERIVED, StrataArgumentsMixin, grpo_only_fields, native_fields
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "flags.md"
 
 
-def test_every_parser_flag_has_a_row_and_no_row_is_stale():
-    parser = build_parser()
-    options = {opt[2:].replace("-", "_") for action in parser._actions for opt in action.option_strings
-               if opt.startswith("--")} - {"help", "config"} - set(ALIASES)
-    field_names = {f.name for cls in ALL_ARGUMENT_CLASSES for f in fields(cls)}
-    assert options == field_names  # the parser offers exactly the dataclass fields ...
-    assert set(FLAG_MODES) == field_names  # ... and the table has one row per field
+def _parser_fields(mode: str) -> set[str]:
+    parser = build_parser(mode=mode)
+    names = {opt[2:].replace("-", "_") for action in parser._actions for opt in action.option_strings
+             if opt.startswith("--")} - {"help", "config"} - set(RENAMED)
+    return {n for n in names if not (n.startswith("no_") and n[3:] in names)}  # HfArgumentParser's --no_X of X
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_parser_offers_the_dataclass_fields_and_every_strata_field_has_a_row(mode):
+    field_names = {f.name for cls in argument_classes(mode) for f in fields(cls) if f.init}
+    assert _parser_fields(mode) == field_names | {"batch_size"}  # --batch_size: an option string of its flag
+    ours = {f.name for cls in argument_classes(mode)[:2] for f in fields(cls)}
+    ours |= {f.name for f in fields(StrataArgumentsMixin) if f.init} - set(DERIVED) - {"fp16", "bf16", "local_rank"}
+    assert ours <= set(FLAG_MODES), sorted(ours - set(FLAG_MODES))
+    assert not set(DERIVED) & set(FLAG_MODES)  # a derived field is refused everywhere, never "yes" somewhere
+
+
+def test_no_row_is_stale_and_each_unused_flag_names_its_alternative():
+    every_field = _parser_fields("rl") | _parser_fields("sft")
+    assert set(FLAG_MODES) <= every_field | set(RENAMED), sorted(set(FLAG_MODES) - every_field - set(RENAMED))
     for flag, (modes, instead) in FLAG_MODES.items():
         assert modes and modes <= set(MODES), flag
         assert (modes == set(MODES)) == (instead == ""), f"--{flag}: an unused flag needs its alternative"
+
+
+def test_grpo_only_fields_are_refused_outside_rl():
+    """GRPOConfig's own fields (no row needed) are refused for sft/pretrain, and TRL's fields are what we think."""
+    assert {"beta", "num_generations", "epsilon", "loss_type", "top_p"} <= grpo_only_fields()
+    assert not grpo_only_fields() & native_fields("sft")
+    for flag, value in (("epsilon", "0.3"), ("loss_type", "grpo"), ("top_p", "0.9")):
+        with pytest.raises(StrataError, match=f"--{flag} is not used by --mode sft"):
+            parse_run_config(["--mode", "sft", f"--{flag}", value])
+        assert str(getattr(parse_run_config(["--mode", "rl", f"--{flag}", value]).train, flag)) == value
 
 
 def test_docs_print_the_table():
@@ -49,13 +73,14 @@ def test_each_unused_flag_is_refused_and_each_used_one_accepted(mode):
 
 
 def test_defaults_and_flags_a_mode_uses_pass():
-    assert parse_run_config(["--mode", "rl", "--grpo_beta", "0.2", "--rl_learning_rate", "1e-6"]).train.grpo_beta == 0.2
+    parsed = parse_run_config(["--mode", "rl", "--grpo_beta", "0.2", "--rl_learning_rate", "1e-5"]).train
+    assert (parsed.beta, parsed.learning_rate) == (0.2, 1e-5)  # the seed pipeline's names land on GRPOConfig's
     assert parse_run_config(["--mode", "pretrain", "--learning_rate", "1e-3"]).train.learning_rate == 1e-3
 
 
 def _value(flag: str) -> list[str]:
     """A well-typed value for --flag (nothing for booleans)."""
-    for cls in ALL_ARGUMENT_CLASSES:
+    for cls in (*argument_classes("rl"), *argument_classes("sft")[2:]):
         for f in fields(cls):
             if f.name == flag:
                 kind = str(f.type)
@@ -66,4 +91,6 @@ def _value(flag: str) -> list[str]:
                 if "int" in kind:
                     return ["3"]
                 return ["x"]
+    if flag in RENAMED:
+        return _value(RENAMED[flag])
     raise KeyError(flag)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 from datasets import Dataset
+from helpers import grpo_args
 
+from strata.config import parse_run_config
 from strata.errors import StrataError
 from strata.training.rewards import resolve_rewards
 from strata.training.rl import build_grpo_trainer, prepare_rl_dataset, summarise_rl_logs
@@ -57,10 +59,8 @@ def sentiment_rows(n: int = 16) -> Dataset:
 
 def small_trainer(tokenizer, output_dir, funcs, weights, **overrides):
     """A one-step GRPO trainer on four rows; tests override only what they check."""
-    kwargs = dict(reward_funcs=funcs, reward_weights=weights, reward_model=None, output_dir=str(output_dir),
-                  max_steps=1, report_to=[], use_cpu=True)
-    kwargs.update(overrides)
-    return build_grpo_trainer(tiny_model(tokenizer), tokenizer, sentiment_rows(4), None, **kwargs)
+    args = grpo_args(output_dir, **{"reward_weights": weights, "per_device_train_batch_size": 16, **overrides})
+    return build_grpo_trainer(tiny_model(tokenizer), tokenizer, sentiment_rows(4), None, args, reward_funcs=funcs)
 
 
 def test_prepare_keeps_reward_columns_and_truncates_left(tokenizer):
@@ -85,9 +85,8 @@ def test_prepare_needs_prompt_column(tokenizer):
 
 
 def test_batch_must_hold_whole_groups(tokenizer, tmp_path):
-    funcs, weights = resolve_rewards(None, None, "classification", LABELS)
-    with pytest.raises(StrataError, match="divisible by --grpo_group_size"):
-        small_trainer(tokenizer, tmp_path, funcs, weights, group_size=4, per_device_train_batch_size=6)
+    with pytest.raises(StrataError, match="divisible by --grpo_group_size"):  # at parse time, before any folder
+        parse_run_config(["--mode", "rl", "--grpo_group_size", "4", "--per_device_train_batch_size", "6"])
 
 
 def test_weights_must_match_rewards(tokenizer, tmp_path):
@@ -98,33 +97,12 @@ def test_weights_must_match_rewards(tokenizer, tmp_path):
 
 def test_grpo_smoke_two_steps(tokenizer, tmp_path):
     funcs, weights = resolve_rewards(["classification,format"], [1.0, 0.2], "classification", LABELS)
-    trainer = build_grpo_trainer(
-        tiny_model(tokenizer),
-        tokenizer,
-        sentiment_rows(16),
-        sentiment_rows(4),
-        reward_funcs=funcs,
-        reward_weights=weights,
-        reward_model=None,
-        output_dir=str(tmp_path),
-        beta=0.1,
-        group_size=2,
-        max_prompt_length=64,
-        max_completion_length=8,
-        learning_rate=1e-4,
-        warmup_steps=0,
-        max_steps=2,
-        temperature=1.0,
-        per_device_train_batch_size=4,
-        seed=0,
-        logging_steps=1,
-        report_to=["tensorboard"],
-        use_cpu=True,
-        bf16=False,
-        eval_strategy="steps",
-        eval_steps=2,
-        per_device_eval_batch_size=4,
-    )
+    args = grpo_args(tmp_path, reward_weights=weights, beta=0.1, num_generations=2, max_prompt_length=64,
+                     max_completion_length=8, learning_rate=1e-4, warmup_steps=0, max_steps=2, temperature=1.0,
+                     per_device_train_batch_size=4, seed=0, report_to=["tensorboard"], eval_strategy="steps",
+                     eval_steps=2, per_device_eval_batch_size=4)
+    trainer = build_grpo_trainer(tiny_model(tokenizer), tokenizer, sentiment_rows(16), sentiment_rows(4), args,
+                                 reward_funcs=funcs)
     assert trainer.args.num_generations == 2 and trainer.args.beta == 0.1
     assert trainer.args.learning_rate == 1e-4 and trainer.args.max_completion_length == 8
     trainer.train()
@@ -225,3 +203,9 @@ def test_reward_model_is_added_last_with_its_weight(tokenizer, tmp_path):
     assert len(trainer.reward_funcs) == 2 and trainer.reward_weights.tolist() == [1.0, 1.0]
     with pytest.raises(StrataError, match="reward_model"):
         small_trainer(tokenizer, tmp_path / "out2", funcs, None, reward_model=str(tmp_path / "missing"))
+
+
+def test_reward_weights_and_model_reach_grpo_through_the_cli_parse():
+    """--reward_weights is GRPOConfig's own field (not a copy): the parsed value is the one TRL reads."""
+    parsed = parse_run_config(["--mode", "rl", "--reward_weights", "1.0", "0.5", "--temperature", "0.7"]).train
+    assert (parsed.reward_weights, parsed.temperature) == ([1.0, 0.5], 0.7)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import grpo_args
 
 from strata.training.rewards import make_reward
 from strata.training.rl import build_grpo_trainer
@@ -98,32 +99,12 @@ def test_sft_then_grpo_raises_mean_reward(tmp_path):
     reward = make_reward("classification", label_words=words)
     before = _mean_reward(model, tokenizer, reward, held_out.dataset)
     steps = 30
-    trainer = build_grpo_trainer(
-        model,
-        tokenizer,
-        train.select(range(3000, 3000 + 4 * steps)),
-        None,
-        reward_funcs=[reward],
-        reward_weights=[1.0],
-        reward_model=None,
-        output_dir=str(tmp_path),
-        beta=0.04,
-        group_size=8,
-        max_prompt_length=PROMPT_TOKENS,
-        max_completion_length=10,
-        learning_rate=1e-3,
-        warmup_steps=0,
-        max_steps=steps,
-        temperature=1.0,
-        per_device_train_batch_size=32,
-        seed=0,
-        logging_steps=5,
-        report_to=[],
-        use_cpu=True,
-        bf16=False,
-        disable_tqdm=True,
-        lr_scheduler_type="constant",
-    )
+    args = grpo_args(tmp_path, reward_weights=[1.0], beta=0.04, num_generations=8, max_prompt_length=PROMPT_TOKENS,
+                     max_completion_length=10, learning_rate=1e-3, warmup_steps=0, max_steps=steps, temperature=1.0,
+                     per_device_train_batch_size=32, seed=0, logging_steps=5, disable_tqdm=True,
+                     lr_scheduler_type="constant")
+    trainer = build_grpo_trainer(model, tokenizer, train.select(range(3000, 3000 + 4 * steps)), None, args,
+                                 reward_funcs=[reward])
     trainer.train()
     after = _mean_reward(model, tokenizer, reward, held_out.dataset)
     logged = [e["reward"] for e in trainer.state.log_history if "reward" in e]

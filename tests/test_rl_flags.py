@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from datasets import Dataset
-from helpers import metrics, only_run, run_strata
+from helpers import grpo_args, metrics, only_run, run_strata
 
 from strata.training.rl import build_grpo_trainer
 
@@ -100,12 +100,10 @@ def byte_sum(completions, **_):
 
 
 def _trainer(model, tokenizer, out: Path, rows: Dataset, **overrides):
-    kwargs = dict(reward_funcs=[byte_sum], reward_weights=None, reward_model=None, output_dir=str(out), beta=0.1,
-                  group_size=2, max_prompt_length=64, max_completion_length=8, learning_rate=1e-2,
-                  warmup_steps=0, max_steps=2, per_device_train_batch_size=4, seed=0, logging_steps=1,
-                  report_to=[], use_cpu=True, bf16=False)
-    kwargs.update(overrides)
-    return build_grpo_trainer(model, tokenizer, rows, None, **kwargs)
+    fields = dict(beta=0.1, num_generations=2, max_prompt_length=64, max_completion_length=8, learning_rate=1e-2,
+                  warmup_steps=0, max_steps=2, per_device_train_batch_size=4, seed=0)
+    return build_grpo_trainer(model, tokenizer, rows, None, grpo_args(out, **{**fields, **overrides}),
+                              reward_funcs=[byte_sum])
 
 
 def test_reference_is_a_frozen_copy_of_the_initial_policy(tmp_path):

@@ -83,9 +83,15 @@ def test_help_shows_each_alias_beside_its_flag():
     assert "--per_device_train_batch_size PER_DEVICE_TRAIN_BATCH_SIZE, --per-device-train-batch-size " \
            "PER_DEVICE_TRAIN_BATCH_SIZE, --batch_size PER_DEVICE_TRAIN_BATCH_SIZE" in text
     assert "--fp16 / --bf16 are the same as --precision fp16 / bf16" in text   # in --precision's own help
-    for alias, meaning in (("--fp16", "same as --precision fp16"), ("--bf16", "same as --precision bf16"),
-                           ("--local-rank N, --local_rank N", "set by `python -m torch.distributed.launch`; checked against $LOCAL_RANK")):
+    # --fp16/--bf16/--local_rank are TrainingArguments fields now (their own help says what they mean)
+    for alias, meaning in (("--fp16 [FP16]", "same as --precision fp16"), ("--bf16 [BF16]", "same as --precision bf16"),
+                           ("--local_rank LOCAL_RANK, --local-rank LOCAL_RANK",
+                            "set by `python -m torch.distributed.launch`; checked against $LOCAL_RANK")):
         assert f"{alias} {meaning}" in text, alias
+    rl = " ".join(build_parser(mode="rl").format_help().split())
+    for alias, target in (("--grpo_beta", "--beta"), ("--grpo_group_size", "--num_generations"),
+                          ("--rl_learning_rate", "--learning_rate"), ("--rl_warmup_steps", "--warmup_steps")):
+        assert f"{alias} VALUE same as {target}" in rl, alias
 
 
 def test_config_file_aliases_mean_the_same(tmp_path):

@@ -1,23 +1,28 @@
-"""Every flag of ``strata train`` / ``train.py`` / ``strata eval``, as dataclasses.
+"""The command-line layer of ``strata train`` / ``train.py`` / ``strata eval``: parsing and cross-field checks.
 
-Flags are parsed with transformers' ``HfArgumentParser``; ``--config run.yaml`` (or ``.json``)
-supplies defaults that command-line flags override. An unknown key in a config file is an error.
+Flags are parsed with transformers' ``HfArgumentParser`` over (DataArguments, ModelArguments, the mode's
+arguments class: ``strata.training.arguments``); ``--config run.yaml`` (or ``.json``) supplies defaults that
+command-line flags override. An unknown key in a config file is an error. Everything below this layer receives
+the parsed values (a ``RunConfig``) and never parses again.
 """
 
 from __future__ import annotations
 
 import sys
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-from strata.config_file import load_config_file
+from strata.config_file import check_config_values, read_config_file
 from strata.data.arguments import DataArguments
 from strata.errors import StrataError
-from strata.flag_aliases import add_alias_help, expand_argv
-from strata.flag_usage import MODES, check_flags_for_mode
+from strata.flag_aliases import ALIASES, add_alias_help, expand_argv
+from strata.flag_usage import MODES, check_derived, check_flags_for_mode
+
+if TYPE_CHECKING:
+    from strata.training.arguments import RunConfig
 
 DEFAULT_MODEL = "strata-tiny"
-__all__ = ["MODES", "DataArguments", "ModelArguments", "RunConfig", "TrainArguments", "parse_run_config"]
+__all__ = ["MODES", "DataArguments", "ModelArguments", "argument_classes", "parse_run_config"]
 
 
 @dataclass
@@ -84,129 +89,11 @@ class ModelArguments:
     )
 
 
-@dataclass
-class TrainArguments:
-    """How training runs, logs, evaluates and checkpoints."""
+def argument_classes(mode: str = "sft") -> tuple[type, ...]:
+    """The dataclasses one ``--mode`` parses into: data, model, and the mode's trainer arguments."""
+    from strata.training.arguments import arguments_class
 
-    mode: str = field(default="sft", metadata={"help": "sft | pretrain | rl."})
-    output_dir: str | None = field(
-        default=None, metadata={"help": "Run folder (default: runs/<date>_<time>_<model>_<data>_<mode>_...)."}
-    )
-    runs_dir: str = field(default="runs", metadata={"help": "Parent folder of named run folders."})
-    seed: int = field(default=42, metadata={"help": "Seed for data order, initialisation and sampling."})
-    data_seed: int | None = field(
-        default=None,
-        metadata={"help": "Seed for data order, mixing and evaluation subsets only (default: --seed); --seed "
-                  "then seeds initialisation and dropout, so runs can share data but not init."},
-    )
-    max_steps: int = field(default=600, metadata={"help": "Optimizer steps (-1: use --num_train_epochs)."})
-    num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs when --max_steps is -1."})
-    per_device_train_batch_size: int = field(
-        default=16,
-        metadata={"aliases": ["--batch_size"],
-                  "help": "Batch size per device (--batch_size: the same, and it also sets "
-                          "--per_device_eval_batch_size unless that is given)."},
-    )
-    per_device_eval_batch_size: int = field(default=16, metadata={"help": "Evaluation batch size per device."})
-    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
-    learning_rate: float | None = field(
-        default=None,
-        metadata={"help": "Peak learning rate (sft/pretrain); default 3e-3 for models built from scratch, "
-                  "5e-5 for pretrained weights."},
-    )
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
-    warmup_steps: int = field(default=20, metadata={"help": "Linear warm-up steps."})
-    lr_scheduler_type: str = field(default="cosine", metadata={"help": "transformers scheduler name."})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm."})
-    dropout: float | None = field(default=None, metadata={"help": "Override the model's dropout (scratch models)."})
-    logging_steps: int | None = field(default=None, metadata={"help": "Log every N steps (default: --eval_steps)."})
-    eval_steps: int = field(
-        default=200,
-        metadata={"help": "Evaluate every N steps and at the end (0: only at the end; in --mode rl, where evaluation "
-                  "generates, 0 means no evaluation)."},
-    )
-    eval_method: str = field(default="loglik", metadata={"help": "loglik (label likelihood) | generate."})
-    eval_loss: bool = field(
-        default=False,
-        metadata={"help": "Also run the token-loss pass (eval_loss, eval_perplexity) when evaluating with task metrics; "
-                  "on by itself for a loss --metric_for_best_model."},
-    )
-    save_steps: int = field(default=0, metadata={"help": "Checkpoint every N steps (0: no checkpoints)."})
-    save_total_limit: int | None = field(default=2, metadata={"help": "Keep at most N checkpoints."})
-    resume_from_checkpoint: str | None = field(
-        default=None, metadata={"help": "'latest' or a checkpoint path: restores model, optimizer, RNG, data position."}
-    )
-    load_best_model_at_end: bool = field(default=False, metadata={"help": "Reload the best checkpoint at the end."})
-    metric_for_best_model: str | None = field(default=None, metadata={"help": "e.g. eval_accuracy or eval_loss."})
-    early_stopping_patience: int | None = field(
-        default=None, metadata={"help": "Stop after N evaluations without improvement."}
-    )
-    dataloader_num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes."})
-    nan_policy: str = field(
-        default="stop",
-        metadata={"help": "A non-finite loss or gradient: stop (drop that update, end the run, exit 1, no final/) "
-                  "| skip_step (drop that update and go on; stop after --nan_skip_limit in a row)."},
-    )
-    nan_skip_limit: int = field(
-        default=3, metadata={"help": "With --nan_policy skip_step: non-finite steps in a row that end the run."}
-    )
-    sparse_lm_head: str = field(
-        default="auto",
-        metadata={"help": "auto: in training, run the LM head and cross-entropy only at positions with a label "
-                  "(same loss; chunked when there are many, so [tokens x vocab] logits are never held whole), "
-                  "where that is exact for the model, else the full head | off: always the full head."},
-    )
-    # Several processes (docs/distributed.md).
-    multi_gpu: bool = field(
-        default=False,
-        metadata={"help": "Train on every visible GPU: without a launcher, re-run this command as one worker per GPU "
-                  "through torch.distributed.run; under torchrun, check there are at least 2 processes."},
-    )
-    nproc_per_node: int | None = field(
-        default=None,
-        metadata={"help": "With --multi_gpu and no launcher: how many workers (default: one per visible GPU; with "
-                  "--device cpu, N gloo workers)."},
-    )
-    ddp_backend: str | None = field(
-        default=None,
-        metadata={"help": "Process-group backend of a multi-process run: nccl (CUDA) | gloo (default: nccl on CUDA, "
-                  "gloo on CPU)."},
-    )
-    # Reinforcement learning (GRPO through TRL).
-    reward_funcs: list[str] | None = field(
-        default=None, metadata={"help": "Comma or space separated reward names (default: by task family)."}
-    )
-    reward_weights: list[float] | None = field(default=None, metadata={"help": "One weight per reward."})
-    reward_model: str | None = field(default=None, metadata={"help": "Sequence-classification reward model."})
-    grpo_beta: float = field(default=0.1, metadata={"help": "KL coefficient."})
-    grpo_group_size: int = field(default=2, metadata={"help": "Generations per prompt."})
-    max_prompt_length: int = field(default=512, metadata={"help": "Prompt tokens kept for RL."})
-    max_completion_length: int = field(default=512, metadata={"help": "Generated tokens per completion in RL."})
-    rl_learning_rate: float = field(default=1e-6, metadata={"help": "Learning rate in RL mode."})
-    rl_warmup_steps: int = field(default=100, metadata={"help": "Warm-up steps in RL mode."})
-    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature for RL generations."})
-    code_execution: bool = field(
-        default=False, metadata={"help": "Let the code reward run completions in a bubblewrap sandbox (no network, no host files; see docs/rl.md)."}
-    )
-
-    def data_order_seed(self) -> int:
-        """The seed of everything data-side: --data_seed when given, else --seed."""
-        return self.seed if self.data_seed is None else self.data_seed
-
-
-ALL_ARGUMENT_CLASSES = (DataArguments, ModelArguments, TrainArguments)
-
-
-@dataclass
-class RunConfig:
-    """All parsed arguments of one run."""
-
-    data: DataArguments
-    model: ModelArguments
-    train: TrainArguments
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self.data), **asdict(self.model), **asdict(self.train)}
+    return (DataArguments, ModelArguments, arguments_class(mode))
 
 
 def _split_config_flag(argv: list[str]) -> tuple[str | None, list[str]]:
@@ -243,38 +130,69 @@ def normalise_lists(values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def build_parser(classes: tuple[type, ...] = ALL_ARGUMENT_CLASSES, prog: str = "strata train"):
+def build_parser(classes: tuple[type, ...] | None = None, prog: str = "strata train", mode: str = "sft"):
     from transformers import HfArgumentParser
 
-    parser = HfArgumentParser(classes, prog=prog)
+    parser = HfArgumentParser(classes or argument_classes(mode), prog=prog)
     parser.add_argument("--config", default=None, help="YAML or JSON file of flag values (flags given here win).")
-    add_alias_help(parser)
+    add_alias_help(parser, mode)
+
+    def one_line(message: str) -> None:  # argparse would print the whole usage (150+ TrainingArguments flags)
+        raise StrataError(f"{' '.join(message.split())[:400]}; see `{prog} --help`")
+
+    parser.error = one_line  # type: ignore[method-assign]
     return parser
+
+
+def _mode_of(argv: list[str], from_file: dict[str, Any]) -> str:
+    """--mode as the command line (last one wins) or else the config file gives it; sft by default."""
+    mode = from_file.get("mode", "sft")
+    for i, arg in enumerate(argv):
+        if arg == "--mode" and i + 1 < len(argv):
+            mode = argv[i + 1]
+        elif arg.startswith("--mode="):
+            mode = arg.split("=", 1)[1]
+    return str(mode)
 
 
 def parse_run_config(argv: list[str] | None = None, prog: str = "strata train") -> RunConfig:
     """Parse flags (and an optional --config file) into a validated ``RunConfig``."""
+    from strata.training.arguments import (
+        DERIVED,
+        RunConfig,
+        check_enum_values,
+        check_grpo_arguments,
+        grpo_only_fields,
+        raw_arguments,
+    )
+
     argv = list(sys.argv[1:] if argv is None else argv)
     config_path, rest = _split_config_flag(argv)
-    parser = build_parser(prog=prog)
-    from_file = load_config_file(config_path, ALL_ARGUMENT_CLASSES) if config_path is not None else {}
+    raw_file = read_config_file(config_path) if config_path is not None else {}
+    mode = _mode_of(rest, raw_file)
+    given = given_flags(rest) | set(raw_file)
+    if mode in MODES:  # an unknown mode is validate()'s to report
+        check_flags_for_mode(mode, given, grpo_only_fields)
+    check_derived(given - set(ALIASES), DERIVED)
+    classes = argument_classes(mode if mode in MODES else "sft")
+    from_file = check_config_values(raw_file, classes, config_path) if config_path is not None else {}
     rest = expand_argv(rest, file_keys=set(from_file))
-    given = given_flags(rest) | set(from_file)
+    parser = build_parser(classes, prog=prog, mode=mode)
     if from_file:
         parser.set_defaults(**from_file)
-    outputs = parser.parse_args_into_dataclasses(args=rest, return_remaining_strings=True)
+    with raw_arguments():  # TrainingArguments.__post_init__ runs once the derived fields are known
+        outputs = parser.parse_args_into_dataclasses(args=rest, return_remaining_strings=True)
     data, model, train, _extra = outputs[0], outputs[1], outputs[2], outputs[-1]
     if _extra:
         raise StrataError(f"unrecognised argument(s): {' '.join(_extra)}; see `{prog} --help`")
-    merged = normalise_lists({**asdict(data), **asdict(model), **asdict(train)})
-    config = RunConfig(
-        data=DataArguments(**{f.name: merged[f.name] for f in fields(DataArguments)}),
-        model=ModelArguments(**{f.name: merged[f.name] for f in fields(ModelArguments)}),
-        train=TrainArguments(**{f.name: merged[f.name] for f in fields(TrainArguments)}),
-    )
-    if config.train.mode in MODES:  # an unknown mode is validate()'s to report
-        check_flags_for_mode(config.train.mode, given)
+    for obj in (data, model, train):
+        for key, value in normalise_lists(vars(obj)).items():
+            setattr(obj, key, value)
+    config = RunConfig(data=data, model=model, train=train)
     validate(config)
+    check_enum_values(train)
+    if mode == "rl":
+        check_grpo_arguments(train)
     from strata.data.streaming import check_streaming_flags
 
     check_streaming_flags(config, given)
@@ -286,11 +204,16 @@ def given_flags(argv: list[str]) -> set[str]:
     return {arg[2:].split("=", 1)[0].replace("-", "_") for arg in argv if arg.startswith("--") and len(arg) > 2}
 
 
-def validate(config: RunConfig) -> None:
+def validate(config: Any) -> None:
     """Cheap checks that need no data or model, so bad flags fail before anything loads."""
-    t, m, d = config.train, config.model, config.data
-    if t.mode not in MODES:
-        raise StrataError(f"--mode {t.mode!r} is not one of {', '.join(MODES)}")
+    if config.train.mode not in MODES:
+        raise StrataError(f"--mode {config.train.mode!r} is not one of {', '.join(MODES)}")
+    _validate_model(config.model)
+    _validate_train(config.train)
+    _validate_data(config.data)
+
+
+def _validate_model(m: ModelArguments) -> None:
     if m.init not in ("auto", "pretrained", "scratch"):
         raise StrataError(f"--init {m.init!r} is not one of auto, pretrained, scratch")
     if m.precision not in ("auto", "bf16", "fp16", "fp32"):
@@ -304,14 +227,19 @@ def validate(config: RunConfig) -> None:
                           f"{m.attn_implementation}; pass only one of them")
     if m.device not in ("auto", "cuda", "mps", "cpu"):
         raise StrataError(f"--device {m.device!r} is not one of auto, cuda, mps, cpu")
-    if t.ddp_backend not in (None, "nccl", "gloo"):
-        raise StrataError(f"--ddp_backend {t.ddp_backend!r} is not one of nccl, gloo")
     if sum([m.load_in_4bit, m.load_in_8bit, m.moe_load_in_4bit, m.moe_load_in_8bit]) > 1:
         raise StrataError("choose at most one of --load_in_4bit, --load_in_8bit, --moe_load_in_4bit, --moe_load_in_8bit")
+    if m.use_lora and m.lora_r < 1:
+        raise StrataError(f"--lora_r {m.lora_r} must be a positive rank (e.g. 8, 16 or 64)")
+    if m.merge_lora and not m.use_lora:
+        raise StrataError("--merge_lora needs --use_lora")
+
+
+def _validate_train(t: Any) -> None:
+    if t.ddp_backend not in (None, "nccl", "gloo"):
+        raise StrataError(f"--ddp_backend {t.ddp_backend!r} is not one of nccl, gloo")
     if t.eval_method not in ("loglik", "generate"):
         raise StrataError(f"--eval_method {t.eval_method!r} is not one of loglik, generate")
-    if d.max_length < 8:
-        raise StrataError(f"--max_length {d.max_length} is too small; use at least 8")
     if t.per_device_train_batch_size < 1 or t.gradient_accumulation_steps < 1:
         raise StrataError("--per_device_train_batch_size and --gradient_accumulation_steps must be at least 1")
     if t.max_steps == 0 or t.max_steps < -1:
@@ -319,15 +247,6 @@ def validate(config: RunConfig) -> None:
                           "--num_train_epochs")
     if t.max_steps == -1 and t.num_train_epochs <= 0:
         raise StrataError(f"--num_train_epochs {t.num_train_epochs} trains nothing; pass a positive number")
-    for flag in ("max_train_examples", "max_eval_examples"):
-        value = getattr(d, flag)
-        if value is not None and value < 1:
-            raise StrataError(f"--{flag} {value} keeps no examples; pass a positive number, or leave it out for the "
-                              "whole split")
-    if m.use_lora and m.lora_r < 1:
-        raise StrataError(f"--lora_r {m.lora_r} must be a positive rank (e.g. 8, 16 or 64)")
-    if m.merge_lora and not m.use_lora:
-        raise StrataError("--merge_lora needs --use_lora")
     if t.load_best_model_at_end and not t.save_steps:
         raise StrataError("--load_best_model_at_end needs checkpoints: pass --save_steps (a multiple of --eval_steps)")
     if t.nan_policy not in ("stop", "skip_step"):
@@ -338,6 +257,16 @@ def validate(config: RunConfig) -> None:
         raise StrataError(f"--nan_skip_limit {t.nan_skip_limit} must be at least 1")
     if t.early_stopping_patience is not None and not t.eval_steps:
         raise StrataError("--early_stopping_patience needs periodic evaluation: pass --eval_steps N")
+
+
+def _validate_data(d: DataArguments) -> None:
+    if d.max_length < 8:
+        raise StrataError(f"--max_length {d.max_length} is too small; use at least 8")
+    for flag in ("max_train_examples", "max_eval_examples"):
+        value = getattr(d, flag)
+        if value is not None and value < 1:
+            raise StrataError(f"--{flag} {value} keeps no examples; pass a positive number, or leave it out for the "
+                              "whole split")
     if d.datasets is not None:
         from strata.data.mixture import validate_mixture
 

@@ -18,11 +18,16 @@ from strata.flag_aliases import expand_mapping
 
 
 def _known_keys(classes: tuple[type, ...]) -> set[str]:
-    return {f.name for cls in classes for f in fields(cls)}
+    return {f.name for cls in classes for f in fields(cls) if f.init}
 
 
 def load_config_file(path: str, classes: tuple[type, ...]) -> dict[str, Any]:
     """Read a YAML/JSON config file; unknown keys are an error, not silently dropped."""
+    return check_config_values(read_config_file(path), classes, path)
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """The file's mapping, with the older pipeline's keys rewritten (syntax checked; keys not yet)."""
     file = Path(path)
     if not file.is_file():
         raise StrataError(f"config file {path} does not exist; pass an existing .yaml or .json file to --config")
@@ -41,6 +46,11 @@ def load_config_file(path: str, classes: tuple[type, ...]) -> dict[str, Any]:
         raise StrataError(f"config file {path}: YAML syntax error{where}: {problem}; fix the file") from None
     if not isinstance(values, dict):
         raise StrataError(f"config file {path} must hold a mapping of flag names to values")
+    return values
+
+
+def check_config_values(values: dict[str, Any], classes: tuple[type, ...], path: str) -> dict[str, Any]:
+    """Aliases rewritten, then every key known to ``classes`` and every value of its field's type."""
     values = expand_mapping(values, path)  # batch_size / fp16 / bf16 mean what they mean on the command line
     unknown = sorted(set(values) - _known_keys(classes))
     if unknown:

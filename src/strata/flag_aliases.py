@@ -1,4 +1,5 @@
-"""The older pipeline's spellings (``--batch_size``, ``--fp16``, ``--bf16``, ``--local-rank``) as Strata flags.
+"""The older pipeline's spellings (``--batch_size``, ``--fp16``, ``--bf16``, ``--local-rank``, ``--grpo_beta``, ...)
+as the flags they mean.
 
 Users arrive with command lines written for an earlier training pipeline. Each alias is rewritten into the
 canonical flag(s) *before* argparse sees the command line, so everything downstream (the per-mode flag table,
@@ -16,6 +17,13 @@ from strata.errors import StrataError
 BATCH_TARGETS = ("per_device_train_batch_size", "per_device_eval_batch_size")
 PRECISION_SWITCHES = {"fp16": "fp16", "bf16": "bf16"}
 LOCAL_RANK_SPELLINGS = ("local_rank", "local-rank")
+# The seed pipeline's RL flags -> TRL's GRPOConfig fields (one place; --mode rl only, see strata.flag_usage).
+RENAMED: dict[str, str] = {
+    "grpo_beta": "beta",
+    "grpo_group_size": "num_generations",
+    "rl_learning_rate": "learning_rate",
+    "rl_warmup_steps": "warmup_steps",
+}
 
 # alias -> what it means, as `--help` and docs/flags.md print it
 ALIASES: dict[str, str] = {
@@ -23,6 +31,7 @@ ALIASES: dict[str, str] = {
     "fp16": "--precision fp16",
     "bf16": "--precision bf16",
     "local_rank": "set by `python -m torch.distributed.launch`; checked against $LOCAL_RANK, otherwise unused",
+    **{alias: f"--{target} (TRL's GRPOConfig name)" for alias, target in RENAMED.items()},
 }
 
 
@@ -66,6 +75,7 @@ def expand_argv(argv: list[str], file_keys: frozenset[str] | set[str] = frozense
     rest: list[str] = []
     batch: list[int] = []
     precisions: list[str] = []
+    renamed: dict[str, list[str]] = {}
     i = 0
     while i < len(argv):
         arg = argv[i]
@@ -79,6 +89,9 @@ def expand_argv(argv: list[str], file_keys: frozenset[str] | set[str] = frozense
                                   f"--precision {PRECISION_SWITCHES[name]}")
             precisions.append(PRECISION_SWITCHES[name])
             i += 1
+        elif name in RENAMED:
+            value, i = _take_value(argv, i, name, f"a value for --{RENAMED[name]}")
+            renamed.setdefault(name, []).append(value)
         elif name == "local_rank":
             value, i = _take_value(argv, i, arg[2:].split("=", 1)[0], "a rank")
             check_local_rank(value)
@@ -107,7 +120,30 @@ def expand_argv(argv: list[str], file_keys: frozenset[str] | set[str] = frozense
                               f"--precision {precisions[0]}); pass only one of them")
         if written is None:
             out += ["--precision", precisions[0]]
+    for alias, values in renamed.items():
+        out += _renamed_flag(alias, values, _value_of(rest, RENAMED[alias]))
     return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return float(a) == float(b)
+    except (TypeError, ValueError):
+        return str(a) == str(b)
+
+
+def _renamed_flag(alias: str, values: list[str], written: str | None) -> list[str]:
+    """``--target value`` for an older RL flag, or a one-line refusal when the spellings disagree."""
+    target = RENAMED[alias]
+    if any(not _same(v, values[0]) for v in values):
+        raise StrataError(f"--{alias} is given twice with different values ({values[0]} and {values[-1]}); "
+                          "pass it once")
+    if written is not None:
+        if not _same(written, values[0]):
+            raise StrataError(f"--{alias} {values[0]} conflicts with --{target} {written} (--{alias} is its older "
+                              "name); pass only one of them")
+        return []
+    return [f"--{target}", values[0]]
 
 
 def check_local_rank(value: str) -> None:
@@ -134,6 +170,14 @@ def expand_mapping(values: dict[str, Any], source: str) -> dict[str, Any]:
                               f"{train} (batch_size is its older name); keep only one")
         out[BATCH_TARGETS[0]] = size
         out.setdefault(BATCH_TARGETS[1], size)
+    for alias, target in RENAMED.items():
+        if alias not in out:
+            continue
+        value = out.pop(alias)
+        if target in out and not _same(out[target], value):
+            raise StrataError(f"config file {source}: {alias} {value} conflicts with {target} {out[target]} "
+                              f"({alias} is its older name); keep only one")
+        out[target] = value
     chosen = []
     for key, precision in PRECISION_SWITCHES.items():
         if key not in out:
@@ -154,9 +198,11 @@ def expand_mapping(values: dict[str, Any], source: str) -> dict[str, Any]:
     return out
 
 
-def add_alias_help(parser) -> None:
-    """List the switch aliases in `--help` (``--batch_size`` is an option string of its canonical flag)."""
+def add_alias_help(parser, mode: str = "sft") -> None:
+    """List the older RL spellings in `--mode rl --help` (``--batch_size`` is an option string of its flag; --fp16,
+    --bf16 and --local_rank are TrainingArguments fields whose help says what they mean)."""
+    if mode != "rl":
+        return
     group = parser.add_argument_group("older pipeline's spellings (rewritten to the flags above before parsing)")
-    group.add_argument("--fp16", action="store_true", help=f"same as {ALIASES['fp16']}")
-    group.add_argument("--bf16", action="store_true", help=f"same as {ALIASES['bf16']}")
-    group.add_argument("--local-rank", "--local_rank", type=int, metavar="N", help=ALIASES["local_rank"])
+    for alias in RENAMED:
+        group.add_argument(f"--{alias}", metavar="VALUE", help=f"same as {ALIASES[alias]}")

@@ -1,14 +1,17 @@
 """Which ``strata train`` flags each ``--mode`` uses: one table, so no flag is accepted and ignored.
 
 A flag given explicitly (on the command line or in ``--config``) that its mode does not use fails
-with one line before anything is read or written. Every field of the argument dataclasses has a row
-(``tests/test_flag_usage.py`` checks the table against the parser), and ``docs/flags.md`` is this
+with one line before anything is read or written. Every Strata field has a row, and so have the
+``TrainingArguments``/``GRPOConfig`` fields a mode does not use; any other ``TrainingArguments`` field is
+used by every mode (it reaches the trainer untouched), and a ``GRPOConfig``-only field by ``--mode rl``
+only. The fields Strata derives itself are refused in every mode (``strata.training.arguments.DERIVED``).
+``tests/test_flag_usage.py`` checks the table against the parsers, and ``docs/flags.md`` is this
 table printed by :func:`markdown_table`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from strata.errors import StrataError
 
@@ -55,7 +58,7 @@ FLAG_MODES: dict[str, tuple[frozenset[str], str]] = {
     "attn_implementation": (ALL, ""),
     "use_flash_attention": (ALL, ""),
     "precision": (ALL, ""),
-    "gradient_checkpointing": (ALL, ""),
+    "gradient_checkpointing": (ALL, ""),  # ModelArguments'; TrainingArguments' deprecated twin is hidden
     "load_in_4bit": (ALL, ""),
     "load_in_8bit": (ALL, ""),
     "moe_load_in_4bit": (ALL, ""),
@@ -75,9 +78,9 @@ FLAG_MODES: dict[str, tuple[frozenset[str], str]] = {
     "per_device_train_batch_size": (ALL, ""),
     "per_device_eval_batch_size": (ALL, ""),
     "gradient_accumulation_steps": (ALL, ""),
-    "learning_rate": (TRAINER, "use --rl_learning_rate"),
+    "learning_rate": (ALL, ""),
     "weight_decay": (ALL, ""),
-    "warmup_steps": (TRAINER, "use --rl_warmup_steps"),
+    "warmup_steps": (ALL, ""),
     "lr_scheduler_type": (ALL, ""),
     "max_grad_norm": (ALL, ""),
     "dropout": (ALL, ""),
@@ -98,30 +101,50 @@ FLAG_MODES: dict[str, tuple[frozenset[str], str]] = {
     "multi_gpu": (ALL, ""),
     "nproc_per_node": (ALL, ""),
     "ddp_backend": (ALL, ""),
+    "logging_first_step": (ALL, ""),
+    "logging_nan_inf_filter": (ALL, ""),
+    "train_sampling_strategy": (ALL, ""),
+    "include_num_input_tokens_seen": (ALL, ""),
+    "disable_tqdm": (ALL, ""),
+    "ddp_find_unused_parameters": (ALL, ""),
     # --- reinforcement learning
     "reward_funcs": (RL, "rewards are for --mode rl"),
-    "reward_weights": (RL, "rewards are for --mode rl"),
+    "reward_weights": (RL, "rewards are for --mode rl"),  # GRPOConfig's
     "reward_model": (RL, "rewards are for --mode rl"),
+    "beta": (RL, "GRPO flags are for --mode rl"),  # GRPOConfig's; --grpo_beta
+    "num_generations": (RL, "GRPO flags are for --mode rl"),  # GRPOConfig's; --grpo_group_size
+    "max_prompt_length": (RL, "use --max_length"),
+    "max_completion_length": (RL, "use --max_length"),  # GRPOConfig's
+    "temperature": (RL, "sampling temperature is for RL generations"),  # GRPOConfig's
+    "code_execution": (RL, "completions are only executed by the RL code reward"),
+    # the seed pipeline's RL spellings (strata.flag_aliases.RENAMED)
     "grpo_beta": (RL, "GRPO flags are for --mode rl"),
     "grpo_group_size": (RL, "GRPO flags are for --mode rl"),
-    "max_prompt_length": (RL, "use --max_length"),
-    "max_completion_length": (RL, "use --max_length"),
     "rl_learning_rate": (RL, "use --learning_rate"),
     "rl_warmup_steps": (RL, "use --warmup_steps"),
-    "temperature": (RL, "sampling temperature is for RL generations"),
-    "code_execution": (RL, "completions are only executed by the RL code reward"),
 }
+GRPO_ONLY = "GRPOConfig options are for --mode rl"
 
 
-def check_flags_for_mode(mode: str, given: Iterable[str]) -> None:
-    """Refuse the first explicitly given flag that ``mode`` does not use (one line, exit 2)."""
+def check_flags_for_mode(mode: str, given: Iterable[str], grpo_only: Callable[[], set[str]] | None = None) -> None:
+    """Refuse the first explicitly given flag that ``mode`` does not use (one line, exit 2).
+
+    ``grpo_only`` names GRPOConfig's own fields; it is asked only when a flag has no row (it imports TRL)."""
     for flag in sorted(set(given)):
         row = FLAG_MODES.get(flag)
+        if row is None and mode != "rl" and grpo_only is not None and flag in grpo_only():
+            row = (RL, GRPO_ONLY)
         if row is None or mode in row[0]:
             continue
         modes, instead = row
         raise StrataError(f"--{flag} is not used by --mode {mode} (only by --mode {'/'.join(m for m in MODES if m in modes)})"
                           f"; {instead}, or drop it")
+
+
+def check_derived(given: Iterable[str], derived: dict[str, str]) -> None:
+    """Refuse a TrainingArguments field that Strata sets itself, naming the flag that decides it."""
+    for flag in sorted(set(given) & set(derived)):
+        raise StrataError(f"--{flag} is set by strata itself; {derived[flag]}")
 
 
 def markdown_table() -> str:

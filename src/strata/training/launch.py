@@ -16,11 +16,14 @@ import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from strata.config import RunConfig
 from strata.errors import StrataError
+
+if TYPE_CHECKING:  # the parsed values are handed down; importing them would pull in transformers
+    from strata.training.arguments import RunConfig
 
 
 def under_launcher() -> bool:

@@ -9,23 +9,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-from transformers import EarlyStoppingCallback, TrainingArguments
+from transformers import EarlyStoppingCallback
 
-from strata.config import RunConfig
 from strata.data.pipeline import Examples, load_examples, tokenize_examples
-from strata.errors import RunFailed, StrataError
-from strata.models.artifacts import (
-    BASE_MODEL_DIR,
-    BASE_REFERENCE,
-    point_adapter_at,
-    pretrained_base_reference,
-    save_unwrapped_base,
-)
+from strata.errors import StrataError
 from strata.models.loading import (
     LoadedModel,
     check_architecture,
@@ -38,6 +28,7 @@ from strata.models.loading import (
     resolve_precision,
 )
 from strata.models.quantization import check_quantization_flags, quantization_record, requested_flag
+from strata.training.arguments import RunConfig, derived_fields, finish
 from strata.training.distributed import (
     DistInfo,
     broadcast_object,
@@ -46,7 +37,8 @@ from strata.training.distributed import (
     start_process_group,
     watch_launcher,
 )
-from strata.training.guards import NonFiniteGuard, all_finite, stop_diverged
+from strata.training.finalize import RunResult, run_metadata, save_final, token_budget
+from strata.training.guards import NonFiniteGuard, stop_diverged
 from strata.training.launch import plan_launch
 from strata.training.run_folder import (
     RunFolder,
@@ -61,12 +53,6 @@ from strata.training.tensorboard import RunBoard, hparams_metrics, run_hparams
 from strata.training.trainer import StrataTrainer, scalar_metrics
 
 logger = logging.getLogger("strata.train")
-
-
-@dataclass
-class RunResult:
-    folder: RunFolder
-    metrics: dict[str, Any]
 
 
 def train(config: RunConfig) -> RunResult:
@@ -217,57 +203,13 @@ def _choose_folder(config: RunConfig, key: str, dist: DistInfo,
     return RunFolder(Path(root)), Path(checkpoint) if checkpoint else None, created
 
 
-def training_arguments(config: RunConfig, loaded: LoadedModel, folder: RunFolder, has_eval: bool) -> TrainingArguments:
-    t = config.train
-    eval_steps = t.eval_steps if t.eval_steps and t.eval_steps > 0 else None
-    logging_steps = t.logging_steps or eval_steps or max(1, min(50, t.max_steps // 10 if t.max_steps > 0 else 50))
-    return TrainingArguments(
-        output_dir=str(folder.checkpoints),
-        seed=t.seed,
-        data_seed=t.data_order_seed(),
-        max_steps=t.max_steps,
-        num_train_epochs=t.num_train_epochs,
-        per_device_train_batch_size=t.per_device_train_batch_size,
-        per_device_eval_batch_size=t.per_device_eval_batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
-        learning_rate=resolved_learning_rate(t.learning_rate, loaded.init),
-        weight_decay=t.weight_decay,
-        warmup_steps=t.warmup_steps,
-        lr_scheduler_type=t.lr_scheduler_type,
-        max_grad_norm=t.max_grad_norm,
-        logging_steps=logging_steps,
-        logging_first_step=True,
-        logging_nan_inf_filter=False,  # a NaN loss is logged as NaN, not replaced by the running average
-        eval_strategy="steps" if (eval_steps and has_eval) else "no",
-        eval_steps=eval_steps,
-        save_strategy="steps" if t.save_steps else "no",
-        save_steps=t.save_steps or 500,
-        save_total_limit=t.save_total_limit,
-        load_best_model_at_end=t.load_best_model_at_end,
-        metric_for_best_model=t.metric_for_best_model,
-        greater_is_better=None if t.metric_for_best_model is None else not t.metric_for_best_model.endswith("loss"),
-        bf16=loaded.precision == "bf16",
-        fp16=loaded.precision == "fp16",
-        use_cpu=loaded.device == "cpu",
-        report_to=[],
-        # The data set is shuffled once with --seed; sequential sampling keeps one order for every
-        # world size, so 2-process DDP sees exactly the batches a 1-process run with 2x batch sees.
-        train_sampling_strategy="sequential",
-        include_num_input_tokens_seen="non_padding",
-        dataloader_num_workers=t.dataloader_num_workers,
-        remove_unused_columns=False,
-        disable_tqdm=False,
-        ddp_find_unused_parameters=False if torch.distributed.is_available() else None,
-        ddp_backend=t.ddp_backend,
-        save_only_model=False,
-    )
-
-
 def build_trainer(config: RunConfig, examples: Examples, loaded: LoadedModel, tokenized, folder: RunFolder,
                   dist: DistInfo) -> StrataTrainer:
     t = config.train
     has_eval = tokenized.eval is not None and len(tokenized.eval) > 0
-    args = training_arguments(config, loaded, folder, has_eval)
+    derived = derived_fields(t, output_dir=str(folder.checkpoints), precision=loaded.precision, device=loaded.device,
+                             evaluates=has_eval)
+    args = finish(t, **derived, learning_rate=resolved_learning_rate(t.learning_rate, loaded.init))
     task_eval = None
     if config.train.mode == "sft" and examples.evals:
         task_eval = [
@@ -278,7 +220,7 @@ def build_trainer(config: RunConfig, examples: Examples, loaded: LoadedModel, to
             for source in examples.evals
         ]
     board = RunBoard.open(folder.tensorboard, dist.is_main)  # one event file; closed by board.finish
-    callbacks = board.callbacks(*_metadata(config, examples, loaded, dist)) if dist.is_main else []
+    callbacks = board.callbacks(*run_metadata(config, examples, loaded, dist)) if dist.is_main else []
     if t.early_stopping_patience is not None:
         if t.metric_for_best_model is None:
             raise StrataError("--early_stopping_patience needs --metric_for_best_model (e.g. eval_accuracy)")
@@ -312,65 +254,6 @@ def _rows_needed(config: RunConfig, dist: DistInfo) -> int | None:
     if t.max_steps <= 0:
         return None
     return t.max_steps * t.per_device_train_batch_size * t.gradient_accumulation_steps * dist.world_size
-
-
-def token_budget(config: RunConfig, world_size: int) -> int:
-    """Tokens the run may process at most (rows x row length x steps); RL rows are prompt + completion."""
-    t = config.train
-    length = t.max_prompt_length + t.max_completion_length if t.mode == "rl" else config.data.max_length
-    return (t.per_device_train_batch_size * length * max(t.max_steps, 0)
-            * t.gradient_accumulation_steps * world_size)
-
-
-def _metadata(config: RunConfig, examples: Examples, loaded: LoadedModel,
-              dist: DistInfo) -> tuple[dict[str, float], dict[str, Any]]:
-    scalars = {
-        "token_budget": float(token_budget(config, dist.world_size)),
-        "total_parameters": float(loaded.total_params),
-        "trainable_parameters": float(loaded.trainable_params),
-        "trainable_percent": loaded.trainable_percent,
-        "world_size": float(dist.world_size),
-    }
-    texts = {
-        "config": config.to_dict(),
-        "model": {"source": loaded.source, "init": loaded.init, "kind": loaded.kind,
-                  "model_type": loaded.model.config.model_type, "moe": loaded.is_moe, "notes": loaded.notes},
-        "attention": loaded.attention_description,
-        "quantization": quantization_record(loaded.quantization) or "none (full-precision weights)",
-        "device": f"{loaded.device} x{dist.world_size}",
-        "precision": loaded.precision_description,
-        "datasets": {"tag": examples.tag, "family": examples.family, "sources": examples.sources},
-    }
-    return scalars, texts
-
-
-def save_final(trainer: StrataTrainer, loaded: LoadedModel, folder: RunFolder, model_args) -> None:
-    """final/: the model (or LoRA adapters) + tokenizer; merged/: the merged LoRA model when asked.
-
-    Every folder reloads with transformers/peft alone. A LoRA run on a scratch base keeps that base, unwrapped
-    and unmerged, in base_model/, and its adapters name it relative to final/ (``../base_model``).
-    """
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    if not all_finite(model):
-        raise RunFailed(f"the trained weights contain NaN/inf; nothing was written to {folder.final} "
-                        "(lower --learning_rate and train again)")
-    reference = None
-    if model_args.use_lora and loaded.init == "scratch":
-        # A scratch base exists only in memory: keep it beside the adapters so final/ can be reloaded.
-        base_dir = folder.root / BASE_MODEL_DIR
-        save_unwrapped_base(model, loaded.tokenizer, base_dir)
-        model.peft_config[model.active_adapter].base_model_name_or_path = str(base_dir)
-        reference = BASE_REFERENCE
-    elif model_args.use_lora:
-        reference = pretrained_base_reference(model_args.model)
-    model.save_pretrained(folder.final)
-    loaded.tokenizer.save_pretrained(folder.final)
-    if reference is not None:
-        point_adapter_at(folder.final, reference)
-    if model_args.merge_lora:
-        merged = model.merge_and_unload()
-        merged.save_pretrained(folder.root / "merged")
-        loaded.tokenizer.save_pretrained(folder.root / "merged")
 
 
 def _run_summary(config: RunConfig, examples: Examples, loaded: LoadedModel, tokenized, dist: DistInfo) -> dict:

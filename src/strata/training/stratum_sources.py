@@ -18,14 +18,16 @@ import dataclasses
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import PreTrainedConfig
 
-from strata.config import RunConfig
 from strata.data.pipeline import SOURCE_COLUMN, Examples, TokenizedData, tokenize_examples
 from strata.errors import StrataError
+
+if TYPE_CHECKING:  # the parsed values are handed down; importing them would pull in transformers
+    from strata.training.arguments import RunConfig
 
 FITTED_SOURCES = ("clusters", "lid_bins")
 FIT_ROWS = 512  # leading training rows tokenized for fitting
