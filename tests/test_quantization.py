@@ -360,3 +360,20 @@ def test_cli_moe_qlora_run_on_a_tiny_mixtral(saved, tmp_path, capsys):
     assert run_strata("eval", run) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["accuracy"] == pytest.approx(metrics(run)["eval"]["eval_accuracy"], abs=1e-9)
+
+
+@pytest.mark.parametrize(("name", "flag"), CASES)
+def test_parameter_counts_are_the_weights_held_not_the_packed_bytes(saved, name, flag):
+    """Total = the fp32 checkpoint's weights + the adapters, whatever the storage. transformers' num_parameters()
+    agrees except on the fused 3-D experts quantized outside bitsandbytes' linears: it counts their packed 4-bit
+    storage (two weights per byte), half of them, which is why the loader adds them back."""
+    loaded = load(saved[name], flag)
+    ref = reference(saved[name])
+    lora = sum(p.numel() for n, p in loaded.model.named_parameters() if "lora_" in n)
+    expected = sum(p.numel() for p in ref.parameters()) + lora
+    assert lora > 0
+    assert (loaded.total_params, loaded.trainable_params) == (expected, lora)
+    fused = sum(p.numel() for n, p in ref.named_parameters() if ".experts." in n and p.ndim == 3)
+    halved = fused // 2 if flag == "moe_load_in_4bit" else 0
+    assert loaded.model.num_parameters() == expected - halved
+    assert (name == "mixtral") == (fused > 0)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from strata.models.loading import architecture_kind, count_parameters_from_config, memory_estimate
+from strata.models.plan import architecture_kind, count_parameters_from_config, memory_estimate
 from strata.models.presets import all_presets
 
 BYTE_VOCAB = 384  # len(ByT5Tokenizer()): 256 bytes + 3 specials + 125 extra ids

@@ -27,17 +27,10 @@ from strata.models.artifacts import (
     pretrained_base_reference,
     save_unwrapped_base,
 )
-from strata.models.loading import (
-    LoadedModel,
-    check_architecture,
-    config_from_flags,
-    is_moe,
-    load_for_training,
-    resolve_attention,
-    resolve_device,
-    resolve_model_source,
-    resolve_precision,
-)
+from strata.models.attention import resolve_attention
+from strata.models.device import resolve_device, resolve_precision
+from strata.models.loading import LoadedModel, load_for_training
+from strata.models.plan import check_architecture, config_from_flags, is_moe, resolve_model_source
 from strata.models.quantization import check_quantization_flags, quantization_record, requested_flag
 from strata.training.callbacks import RunMetadataCallback
 from strata.training.distributed import (
