@@ -305,6 +305,7 @@ final = sys.argv[1]
 base_path = json.load(open(final + "/adapter_config.json"))["base_model_name_or_path"]
 ids = torch.randint(0, 384, (2, 16), generator=torch.Generator().manual_seed(5))
 def logits(model):
+    torch.manual_seed(0)  # train mode applies LoRA dropout: the same masks on every side, not fresh noise
     with torch.no_grad():
         return model.train()(input_ids=ids).logits
 quantized = AutoModelForCausalLM.from_pretrained(
