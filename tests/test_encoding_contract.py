@@ -38,7 +38,7 @@ from strata.data.tokenization import (
 from strata.evaluation.generation import generate_texts
 from strata.evaluation.perplexity import text_windows
 from strata.evaluation.scoring import label_loglikelihoods
-from strata.models.loading import train_bpe_tokenizer
+from strata.models.tokenizers import train_bpe_tokenizer
 
 GPT2_DIR = Path(__file__).resolve().parents[2] / "shared" / "hub" / "models" / "openai-community" / "gpt2"
 CORPUS = [

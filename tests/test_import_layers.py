@@ -8,7 +8,10 @@ Layers, bottom to top; a module may import its own layer or a lower one:
 * 3, command-line glue: ``strata`` (the package ``__init__``), ``strata.cli``, ``strata.cli_datasets``
   (the registry's table and ``show``), ``strata.config``, ``strata.config_file``, ``strata.flag_aliases``,
   ``strata.flag_usage``, ``strata.evaluation.cli``, ``strata.main``, ``strata.benchmarks`` (``strata bench``:
-  finds and runs the scripts in benchmarks/). Configuration lives here and is passed down as values.
+  finds and runs the scripts in benchmarks/), ``strata.experiments.compare`` (``strata compare``: its parser
+  and main, which parse each arm's flags exactly as ``strata train`` does; the comparison's parts, arms, floor,
+  results, statistics and diagnostics, are recipes in layer 2). Configuration lives here and is passed down
+  as values.
 
 A module that is in none of these is reported: a new one has to be given a layer here.
 
@@ -40,6 +43,7 @@ _EXACT = {
     "strata.evaluation.cli": 3,
     "strata.main": 3,
     "strata.benchmarks": 3,
+    "strata.experiments.compare": 3,
 }
 _PACKAGES = {"strata.data": 1, "strata.models": 1, "strata.evaluation": 1, "strata.training": 2,
              "strata.experiments": 2}

@@ -194,6 +194,8 @@ print(type(AutoConfig.from_pretrained(path)).__module__, type(AutoModelForCausal
     "pass",
     "from transformers import LlamaForCausalLM",  # imports the Auto classes from a half-built modeling_layers
     "from strata.models.ttt import TTTForCausalLM",  # the hook fires while Strata's own package is half-built
+    "from strata.models.stratified import routers",  # the other package, through its Strata-side module
+    "from peft import LoraConfig",  # a third-party package that imports the Auto classes at its top
 ])
 def test_import_strata_registers_the_model_types(tmp_path, first_import):
     """No `trust_remote_code`: `import strata` alone makes the Auto classes resolve to Strata's own classes."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from helpers import FAST, metrics, only_run, run_strata
 
-from strata.models import loading
+from strata.models import device
 
 # Trimmed /proc/cpuinfo lines. The first is this development machine's kind: AVX512-BF16, no AMX
 # (bf16 autocast measured slower than fp32 there).
@@ -18,19 +18,19 @@ AMX_ONLY_IN_ANOTHER_FIELD = "processor\t: 0\nflags\t\t: fpu avx2\nmodel name\t: 
     (AVX512_BF16_ONLY, False), (SAPPHIRE_RAPIDS, True), (AMX_ONLY_IN_ANOTHER_FIELD, False), ("", False),
 ])
 def test_amx_is_read_from_the_flags_line(cpuinfo, expected):
-    assert loading.cpu_has_amx(cpuinfo) is expected
+    assert device.cpu_has_amx(cpuinfo) is expected
 
 
 @pytest.mark.parametrize(("amx", "expected"), [(False, "fp32"), (True, "bf16")])
 def test_auto_on_cpu_follows_amx(monkeypatch, amx, expected):
-    monkeypatch.setattr(loading, "cpu_has_amx", lambda cpuinfo=None: amx)
-    assert loading.resolve_precision("auto", "cpu") == expected
-    assert loading.resolve_precision("fp32", "cpu") == "fp32"
-    assert loading.resolve_precision("bf16", "cpu") == "bf16"
+    monkeypatch.setattr(device, "cpu_has_amx", lambda cpuinfo=None: amx)
+    assert device.resolve_precision("auto", "cpu") == expected
+    assert device.resolve_precision("fp32", "cpu") == "fp32"
+    assert device.resolve_precision("bf16", "cpu") == "bf16"
 
 
 def test_a_run_on_a_cpu_without_amx_trains_in_fp32(monkeypatch, tmp_path):
-    monkeypatch.setattr(loading, "cpu_has_amx", lambda cpuinfo=None: False)
+    monkeypatch.setattr(device, "cpu_has_amx", lambda cpuinfo=None: False)
     runs = tmp_path / "runs"
     args = [a for a in FAST if a not in ("--precision", "fp32")]
     assert run_strata("train", *args, "--max_steps", "2", "--device", "cpu", "--runs_dir", runs) == 0
@@ -42,7 +42,7 @@ def test_amx_auto_is_named_as_it_runs_bf16_autocast_over_fp32_weights(monkeypatc
     from safetensors import safe_open
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    monkeypatch.setattr(loading, "cpu_has_amx", lambda cpuinfo=None: True)
+    monkeypatch.setattr(device, "cpu_has_amx", lambda cpuinfo=None: True)
     runs = tmp_path / "runs"
     args = [a for a in FAST if a not in ("--precision", "fp32")]
     assert run_strata("train", *args, "--max_steps", "1", "--device", "cpu", "--runs_dir", runs) == 0

@@ -305,6 +305,7 @@ final = sys.argv[1]
 base_path = json.load(open(final + "/adapter_config.json"))["base_model_name_or_path"]
 ids = torch.randint(0, 384, (2, 16), generator=torch.Generator().manual_seed(5))
 def logits(model):
+    torch.manual_seed(0)  # train mode applies LoRA dropout: the same masks on every side, not fresh noise
     with torch.no_grad():
         return model.train()(input_ids=ids).logits
 quantized = AutoModelForCausalLM.from_pretrained(
@@ -360,3 +361,20 @@ def test_cli_moe_qlora_run_on_a_tiny_mixtral(saved, tmp_path, capsys):
     assert run_strata("eval", run) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["accuracy"] == pytest.approx(metrics(run)["eval"]["eval_accuracy"], abs=1e-9)
+
+
+@pytest.mark.parametrize(("name", "flag"), CASES)
+def test_parameter_counts_are_the_weights_held_not_the_packed_bytes(saved, name, flag):
+    """Total = the fp32 checkpoint's weights + the adapters, whatever the storage. transformers' num_parameters()
+    agrees except on the fused 3-D experts quantized outside bitsandbytes' linears: it counts their packed 4-bit
+    storage (two weights per byte), half of them, which is why the loader adds them back."""
+    loaded = load(saved[name], flag)
+    ref = reference(saved[name])
+    lora = sum(p.numel() for n, p in loaded.model.named_parameters() if "lora_" in n)
+    expected = sum(p.numel() for p in ref.parameters()) + lora
+    assert lora > 0
+    assert (loaded.total_params, loaded.trainable_params) == (expected, lora)
+    fused = sum(p.numel() for n, p in ref.named_parameters() if ".experts." in n and p.ndim == 3)
+    halved = fused // 2 if flag == "moe_load_in_4bit" else 0
+    assert loaded.model.num_parameters() == expected - halved
+    assert (name == "mixtral") == (fused > 0)

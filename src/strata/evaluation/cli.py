@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from strata.config import DataArguments
+from strata.data.arguments import DataArguments
 from strata.errors import StrataError
 
 # Flags that say which data is evaluated: naming another source drops all of the run's.
@@ -130,7 +130,7 @@ def run_eval(argv: list[str]) -> int:
 
 def _run_quantization(run_args: dict[str, Any], folder: Path, device: str):
     """A run trained with --load_in_4bit/8bit: its adapters are scored on the base quantized the same way."""
-    from strata.models.loading import resolve_device, resolve_precision
+    from strata.models.device import resolve_device, resolve_precision
     from strata.models.quantization import QUANT_FLAGS, plan_for_flag
 
     flag = next((name for name in QUANT_FLAGS if run_args.get(name)), None)

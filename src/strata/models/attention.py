@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedModel
 
-from strata.config import ModelArguments
 from strata.errors import StrataError
+from strata.models.arguments import ModelArguments
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,10 @@ def _flash_attn_installed() -> bool:
 
 
 def actual_attention(model: PreTrainedModel) -> str:
-    """What the model runs (transformers may have changed the request, e.g. sdpa -> eager)."""
+    """What the model runs (transformers may have changed the request, e.g. sdpa -> eager).
+
+    transformers 5.24 has a public setter (set_attn_implementation) but no public getter; its own docs read
+    ``config._attn_implementation``.
+    """
     impl = getattr(model.config, "_attn_implementation", None)
     return str(impl) if impl else "none"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from strata.models.loading import architecture_kind, count_parameters_from_config, memory_estimate
+from strata.models.plan import architecture_kind, count_parameters_from_config, memory_estimate
 from strata.models.presets import all_presets
 from strata.models.vision import count_parameters as count_vision_parameters
 from strata.models.vision import is_vision_config

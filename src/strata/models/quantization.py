@@ -229,16 +229,12 @@ def quantized_layer_counts(model: nn.Module) -> dict[str, int]:
     return {"linear": linear, "full_linear": full}
 
 
-def logical_numel(model: nn.Module) -> dict[int, int]:
-    """id(stored tensor) -> how many weights it holds, for quantized storage whose numel counts packed bytes
-    (a 4-bit weight stores two weights per uint8; parameter counts must not halve)."""
+def fused_expert_numel(model: nn.Module) -> dict[int, int]:
+    """id(stored tensor) -> how many weights it holds, for the fused experts quantized by `quantize_fused_experts`
+    (a parametrization over the stored tensor: 4-bit storage packs two weights per uint8)."""
     from torch.nn.utils import parametrize
 
     sizes: dict[int, int] = {}
-    for param in model.parameters():
-        state = getattr(param, "quant_state", None)
-        if type(param).__name__ == "Params4bit" and state is not None:
-            sizes[id(param)] = int(torch.Size(state.shape).numel())
     for module in model.modules():
         if not parametrize.is_parametrized(module):
             continue

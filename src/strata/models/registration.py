@@ -1,16 +1,16 @@
 """Register Strata's own architectures with the transformers Auto classes.
 
-After ``register_strata_models()``, ``AutoConfig``/``AutoModelForCausalLM`` know ``ttt`` and
-``stratified``, so ``from_pretrained`` on a saved run folder works like any hub model.
+After ``register_strata_models()``, ``AutoConfig``/``AutoModelForCausalLM`` know ``ttt`` and ``stratified``, so
+``from_pretrained`` on a saved run folder works like any hub model. Strata's loaders call it directly.
 
-``import strata`` calls ``install_registration_hook()``: registering needs torch and transformers (about 10 s
-to import on a 2-core machine), far too slow for ``import strata`` or ``strata --help``, so the hook waits until
-the program itself imports transformers' auto-model module, and registers as soon as no transformers module is
-half-initialised (``transformers.modeling_layers`` imports the Auto classes at its top, for instance, and
-Strata's modeling code imports ``modeling_layers``), nor the Strata model packages themselves: it watches those
-imports (a meta-path finder that resolves them as the default one does) and registers when the last one in
-progress has finished.
-Strata's own loading code calls ``register_strata_models()`` directly and does not rely on the hook.
+``import strata`` must also do it, but registering imports torch and transformers' modeling code (5-8 s on a
+2-core machine, against 0.05 s for ``import strata`` and 1.5 s for ``strata datasets``, which needs neither). So
+``import strata`` registers at once only where transformers' auto-model module is already imported; otherwise
+a meta-path finder waits for it: it counts the transformers and Strata-model modules being executed, and
+registers when the import that brought in the auto-model module has finished (count back at 0), as registering
+in the middle of it would import half-built modules (``transformers.modeling_layers`` imports the Auto classes
+at its top, and Strata's modeling code imports ``modeling_layers``). Python has no post-import callback
+(PEP 369 was withdrawn), hence a loader subclass that wraps ``exec_module``.
 """
 
 from __future__ import annotations
@@ -22,25 +22,21 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-_registered = False
-_registering = False  # registration imports modules, which re-enters the hook's find_spec
 _AUTO_MODULE = "transformers.models.auto.modeling_auto"
-_auto_ready = False  # the auto-model module has finished executing
-# Packages whose half-initialised state would break registration: transformers (Strata's modeling code imports
-# it) and the Strata modules `register_strata_models` imports by name.
+# Modules whose half-built state would break registration: transformers, and Strata's modules it imports.
 _WATCHED = ("transformers", "strata.models.ttt", "strata.models.stratified", "strata.errors")
-
-
-def _watched(name: str) -> bool:
-    return any(name == w or name.startswith(w + ".") for w in _WATCHED)
+_registered = False
+_executing = 0  # watched module bodies running now (nested imports)
 
 
 def register_strata_models() -> None:
     """Idempotently register every Strata architecture with the Auto classes."""
-    global _registered, _registering
-    if _registered or _registering:
+    global _registered
+    if _registered:
         return
-    _registering = True
+    _registered = True  # before the imports below, which re-enter the finder
+    if _FINDER in sys.meta_path:
+        sys.meta_path.remove(_FINDER)
     try:
         from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -51,56 +47,45 @@ def register_strata_models() -> None:
         for config_cls, model_cls in ((TTTConfig, TTTForCausalLM), (StratifiedConfig, StratifiedForCausalLM)):
             AutoConfig.register(config_cls.model_type, config_cls, exist_ok=True)
             AutoModelForCausalLM.register(config_cls, model_cls, exist_ok=True)
-        _registered = True
-    finally:
-        _registering = False
-    _remove_hook()
+    except BaseException:
+        _registered = False
+        raise
 
 
-def _mid_import(finished: str = "") -> bool:
-    """True while some watched module (other than ``finished``) is still executing its body."""
-    for name, module in list(sys.modules.items()):
-        if name == finished or not _watched(name):
-            continue
-        spec = getattr(module, "__spec__", None)
-        if spec is not None and getattr(spec, "_initializing", False):
-            return True
-    return False
+def _watched(name: str) -> bool:
+    return any(name == w or name.startswith(w + ".") for w in _WATCHED)
 
 
-def _after_exec(name: str) -> None:
-    """Called when the body of watched module `name` has run: register once nothing watched is half-built."""
-    global _auto_ready
-    if name == _AUTO_MODULE:
-        _auto_ready = True
-    if _auto_ready and not (_registered or _registering) and not _mid_import(finished=name):
-        register_strata_models()
-
-
-_WRAPPED: dict[type, type] = {}
+_WATCHING: dict[type, type] = {}
 
 
 def _watching(loader: importlib.abc.Loader) -> importlib.abc.Loader:
-    """A copy of `loader` whose class is a subclass of its own (isinstance, get_source, resources keep working)
-    that calls `_after_exec(name)` after the module body has run."""
+    """A copy of ``loader`` whose class subclasses its own (isinstance, get_source, resources keep working) and
+    counts the module body while it runs; at the end of the outermost one, registers if the Auto classes exist."""
     base = type(loader)
-    if base not in _WRAPPED:
+    if base not in _WATCHING:
 
         def exec_module(self, module: ModuleType) -> None:
-            base.exec_module(self, module)
-            _after_exec(module.__name__)
+            global _executing
+            _executing += 1
+            try:
+                base.exec_module(self, module)
+            finally:
+                _executing -= 1
+            if _executing == 0 and not _registered and _AUTO_MODULE in sys.modules:
+                register_strata_models()
 
-        _WRAPPED[base] = type(f"Watching{base.__name__}", (base,), {"exec_module": exec_module})
-    watched = copy.copy(loader)
-    watched.__class__ = _WRAPPED[base]
-    return watched
+        _WATCHING[base] = type(f"Watching{base.__name__}", (base,), {"exec_module": exec_module})
+    watching = copy.copy(loader)
+    watching.__class__ = _WATCHING[base]
+    return watching
 
 
-class _RegistrationHook(importlib.abc.MetaPathFinder):
-    """Meta-path finder that watches the `_WATCHED` imports (it resolves them exactly as the default finder)."""
+class _RegistrationFinder(importlib.abc.MetaPathFinder):
+    """Finds the ``_WATCHED`` modules exactly as the default path finder does, with a counting loader."""
 
     def find_spec(self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None):
-        if _registered or not _watched(fullname):
+        if not _watched(fullname):
             return None
         spec = importlib.machinery.PathFinder.find_spec(fullname, path, target)
         if spec is not None and spec.loader is not None and hasattr(spec.loader, "exec_module"):
@@ -108,22 +93,14 @@ class _RegistrationHook(importlib.abc.MetaPathFinder):
         return spec
 
 
-_HOOK = _RegistrationHook()
-
-
-def _remove_hook() -> None:
-    if _HOOK in sys.meta_path:
-        sys.meta_path.remove(_HOOK)
+_FINDER = _RegistrationFinder()
 
 
 def install_registration_hook() -> None:
-    """Register the Strata architectures as soon as the program uses transformers' Auto classes (see above)."""
-    global _auto_ready
+    """Register now if transformers' Auto classes are imported, else as soon as an import brings them in."""
     if _registered:
         return
-    if _AUTO_MODULE in sys.modules and not _mid_import():
-        _auto_ready = True
+    if _AUTO_MODULE in sys.modules:
         register_strata_models()
-        return
-    if _HOOK not in sys.meta_path:
-        sys.meta_path.insert(0, _HOOK)
+    elif _FINDER not in sys.meta_path:
+        sys.meta_path.insert(0, _FINDER)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from transformers import AutoTokenizer, ByT5Tokenizer, PreTrainedTokenizerBase
 
-from strata.config import ModelArguments
 from strata.errors import StrataError
 from strata.hub import resolve_model_path
+from strata.models.arguments import ModelArguments
 from strata.models.presets import Preset
 
 logger = logging.getLogger(__name__)

@@ -253,6 +253,13 @@ def derived_fields(args: Any, *, output_dir: str, precision: str, device: str, e
     }
 
 
+def resolved_learning_rate(requested: float | None, init: str) -> float:
+    """From-scratch tiny models want a large step; pretrained weights a fine-tuning one."""
+    if requested is not None:
+        return requested
+    return 3e-3 if init == "scratch" else 5e-5
+
+
 def finish(args: Any, **derived: Any) -> Any:
     """``args`` with Strata's derived fields filled, ``__post_init__`` run: what the trainer receives."""
     try:

@@ -134,9 +134,7 @@ def _quiet_agent():
 @contextmanager
 def _worker_environment():
     """Workers import the very strata this process runs (a checkout on PYTHONPATH may shadow an installed one)."""
-    import strata
-
-    source = str(Path(strata.__file__).resolve().parents[1])
+    source = str(Path(__file__).resolve().parents[2])  # src/ (or site-packages/) holding this strata
     saved = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join([source, *([saved] if saved else [])])
     try:

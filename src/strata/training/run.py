@@ -16,22 +16,14 @@ from transformers import EarlyStoppingCallback
 
 from strata.data.pipeline import Examples, load_examples, tokenize_examples
 from strata.errors import StrataError
-from strata.models.loading import (
-    LoadedModel,
-    check_architecture,
-    config_from_flags,
-    is_moe,
-    load_for_training,
-    resolve_attention,
-    resolve_device,
-    resolve_model_source,
-    resolve_precision,
-)
+from strata.models.attention import resolve_attention
+from strata.models.device import resolve_device, resolve_precision
+from strata.models.loading import LoadedModel, load_for_training
+from strata.models.plan import check_architecture, config_from_flags, is_moe, resolve_model_source
 from strata.models.quantization import check_quantization_flags, quantization_record, requested_flag
-from strata.training.arguments import RunConfig, derived_fields, finish
+from strata.training.arguments import RunConfig, derived_fields, finish, resolved_learning_rate
 from strata.training.distributed import (
     DistInfo,
-    broadcast_object,
     dist_info,
     process_group_backend,
     start_process_group,
@@ -42,10 +34,9 @@ from strata.training.guards import NonFiniteGuard, stop_diverged
 from strata.training.launch import plan_launch
 from strata.training.run_folder import (
     RunFolder,
+    choose_run_folder,
     detach_log_file,
     explicit_run_folder,
-    new_run_folder,
-    resolve_resume,
     run_key,
 )
 from strata.training.stratum_sources import check_stratum_sources, planned_config, prepare_stratum_sources
@@ -83,7 +74,7 @@ def train(config: RunConfig) -> RunResult:
                   length, train_args.gradient_accumulation_steps, model_args.use_lora,
                   data_args.use_packing, dist.world_size, train_args.multi_gpu)
     args_record = {**config.to_dict(), "run_key": key, "world_size": dist.world_size}
-    folder, checkpoint, created_root = _choose_folder(config, key, dist, args_record)
+    folder, checkpoint, created_root = choose_run_folder(config.train, key, dist, args_record)
     fresh = checkpoint is None
     log_handler = None
     if dist.is_main:
@@ -183,26 +174,6 @@ def refuse_vision_data(config: RunConfig) -> None:
             check_model_supports(spec, model_config)
 
 
-def _choose_folder(config: RunConfig, key: str, dist: DistInfo,
-                   args_record: dict[str, Any]) -> tuple[RunFolder, Path | None, bool]:
-    """Decide the run folder once (on rank 0) and share it, so all ranks agree even across a minute tick.
-    Also returns whether this call created the folder (what a failed start may remove)."""
-    train_args = config.train
-    choice = None
-    if dist.is_main:
-        folder, checkpoint = resolve_resume(train_args.resume_from_checkpoint, train_args.runs_dir, key,
-                                            train_args.output_dir, args_record)
-        created = False
-        if folder is None and train_args.output_dir:
-            folder = explicit_run_folder(train_args.output_dir, resuming=False)
-            created = not folder.root.exists()
-        elif folder is None:
-            folder, created = new_run_folder(train_args.runs_dir, key), True
-        choice = (str(folder.root), str(checkpoint) if checkpoint else None, created)
-    root, checkpoint, created = broadcast_object(choice, dist)
-    return RunFolder(Path(root)), Path(checkpoint) if checkpoint else None, created
-
-
 def build_trainer(config: RunConfig, examples: Examples, loaded: LoadedModel, tokenized, folder: RunFolder,
                   dist: DistInfo) -> StrataTrainer:
     t = config.train
@@ -240,13 +211,6 @@ def build_trainer(config: RunConfig, examples: Examples, loaded: LoadedModel, to
     )
     trainer.run_board = board
     return trainer
-
-
-def resolved_learning_rate(requested: float | None, init: str) -> float:
-    """From-scratch tiny models want a large step; pretrained weights a fine-tuning one."""
-    if requested is not None:
-        return requested
-    return 3e-3 if init == "scratch" else 5e-5
 
 
 def _rows_needed(config: RunConfig, dist: DistInfo) -> int | None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from strata.errors import StrataError
+from strata.training.distributed import broadcast_object
 
 TIME_FORMAT = "%Y-%m-%d_%Hh%Mm"
 _TIME_PREFIX = re.compile(r"^\d{4}-\d{2}-\d{2}_\d{2}h\d{2}m(?:-\d+)?_")
@@ -293,3 +294,22 @@ def resolve_resume(resume: str | None, runs_dir: str, key: str, output_dir: str 
                           "truncated); pass an earlier checkpoint-N or 'latest'")
     root = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
     return RunFolder(Path(output_dir) if output_dir else root), checkpoint
+
+
+def choose_run_folder(train_args: Any, key: str, dist: Any,
+                      args_record: dict[str, Any]) -> tuple[RunFolder, Path | None, bool]:
+    """Decide the run folder once (on rank 0) and share it, so all ranks agree even across a minute tick.
+    Also returns whether this call created the folder (what a failed start may remove)."""
+    choice = None
+    if dist.is_main:
+        folder, checkpoint = resolve_resume(train_args.resume_from_checkpoint, train_args.runs_dir, key,
+                                            train_args.output_dir, args_record)
+        created = False
+        if folder is None and train_args.output_dir:
+            folder = explicit_run_folder(train_args.output_dir, resuming=False)
+            created = not folder.root.exists()
+        elif folder is None:
+            folder, created = new_run_folder(train_args.runs_dir, key), True
+        choice = (str(folder.root), str(checkpoint) if checkpoint else None, created)
+    root, checkpoint, created = broadcast_object(choice, dist)
+    return RunFolder(Path(root)), Path(checkpoint) if checkpoint else None, created

@@ -49,7 +49,7 @@ def stratified_config(model: Any) -> Any | None:
 
 def planned_config(config: RunConfig) -> Any | None:
     """The model config a run will build, read before any folder exists (a preset or a local folder), else None."""
-    from strata.models.loading import read_model_config, resolve_model_source
+    from strata.models.plan import read_model_config, resolve_model_source
 
     preset, path, _init = resolve_model_source(config.model, config.data.hub_mirror)
     if preset is not None:

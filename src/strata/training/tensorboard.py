@@ -9,6 +9,7 @@ Here the recipe opens the writer once (rank 0), the callbacks write through it, 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -90,17 +91,36 @@ def _hparam_value(value: Any) -> bool | int | float | str | None:
     return json.dumps(value, sort_keys=True, default=str)
 
 
+# Always in the HParams tab, whatever their value: the axes runs are usually compared on.
+CORE_HPARAMS = ("mode", "model", "dataset", "dataset_config", "datasets", "mixture_rates", "init", "use_lora",
+                "use_packing", "max_length", "learning_rate", "per_device_train_batch_size",
+                "gradient_accumulation_steps", "max_steps", "num_train_epochs", "warmup_steps", "lr_scheduler_type",
+                "weight_decay", "seed", "data_seed")
+
+
+def _defaults(instance: Any) -> dict[str, Any]:
+    """The dataclass defaults of ``instance``'s fields (default factories called)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(instance):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
 def run_hparams(config: Any, run: dict[str, Any]) -> dict[str, Any]:
-    """The flags this run's mode uses (``flag_usage``), with the resolved values of ``metrics.json["run"]``
-    (learning rate and precision as used, dataset tag, world size, parameter counts)."""
-    from strata.flag_usage import FLAG_MODES
+    """The run's hyperparameters: the core axes, every other field set away from its default (a flag or
+    --config; the mode's class holds ~150 TrainingArguments fields, most never touched), and the resolved
+    values of ``metrics.json["run"]`` (learning rate and precision as used, dataset tag, world size, sizes)."""
     from strata.training.run_folder import NOT_TRAINING_CONFIG
 
-    mode = config.train.mode
+    defaults = {**_defaults(config.data), **_defaults(config.model), **_defaults(config.train)}
     found: dict[str, Any] = {}
     for name, value in config.to_dict().items():
-        modes = FLAG_MODES.get(name, (frozenset({mode}), ""))[0]
-        if mode in modes and name not in NOT_TRAINING_CONFIG:
+        if name in NOT_TRAINING_CONFIG or name.endswith("_token"):
+            continue
+        if name in CORE_HPARAMS or (name in defaults and value != defaults[name]):
             found[name] = _hparam_value(value)
     for key, name in _RESOLVED.items():
         if run.get(key) is not None:

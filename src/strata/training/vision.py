@@ -16,11 +16,11 @@ from typing import Any
 import torch
 from transformers import Trainer
 
-from strata.config import RunConfig
 from strata.data.vision import VisionCollator, VisionSplit, load_vision_split
 from strata.errors import RunFailed, StrataError
 from strata.evaluation.vision import evaluate_generation
 from strata.models import vision as vision_models
+from strata.training.arguments import RunConfig
 
 # Flags the vision path does not use: a value other than the default is refused with the reason.
 UNUSED_FLAGS: dict[str, str] = {
@@ -67,7 +67,7 @@ def _spec(dataset_id: str):
 
 def vision_requested(config: RunConfig) -> bool:
     """An image dataset or a vision-language model was asked for (after ``preflight`` refused a text model)."""
-    from strata.models.loading import config_from_flags
+    from strata.models.plan import config_from_flags
 
     ids = config.data.datasets or [config.data.dataset]
     if any(getattr(_spec(i), "requires_vision", False) for i in ids):
@@ -120,8 +120,8 @@ def _model_and_processor(config: RunConfig, train: VisionSplit, tokenizer_dir: P
 
 def train_vision(config: RunConfig, dist, say) -> Any:
     """Train and evaluate a vision-language model on an image dataset; writes the usual run folder."""
-    from strata.training.run import RunResult, _choose_folder
-    from strata.training.run_folder import detach_log_file, run_key
+    from strata.training.finalize import RunResult
+    from strata.training.run_folder import choose_run_folder, detach_log_file, run_key
 
     check_vision_flags(config)
     if dist.world_size > 1:
@@ -137,7 +137,7 @@ def train_vision(config: RunConfig, dist, say) -> Any:
     key = run_key(config.model.model, spec.tag, "sft", config.train.per_device_train_batch_size, data.max_length,
                   config.train.gradient_accumulation_steps, False, False, 1, False)
     args_record = {**config.to_dict(), "run_key": key, "world_size": 1}
-    folder, _checkpoint, created = _choose_folder(config, key, dist, args_record)
+    folder, _checkpoint, created = choose_run_folder(config.train, key, dist, args_record)
     folder.create(fresh=True)
     folder.write_args(args_record)
     handler = folder.attach_log_file()
@@ -156,30 +156,28 @@ def train_vision(config: RunConfig, dist, say) -> Any:
             detach_log_file(handler)
 
 
-def _tensorboard(config: RunConfig, loaded, folder, tag: str) -> list:
-    """TensorBoard as the text recipe writes it: run metadata at step 0, then Trainer's logs, in tensorboard/."""
-    from torch.utils.tensorboard import SummaryWriter
-    from transformers.integrations import TensorBoardCallback
+def _run_board(config: RunConfig, loaded, folder, tag: str):
+    """TensorBoard as the text recipe writes it (one event file): run metadata at step 0, Trainer's logs, and
+    the HParams summaries at the end."""
+    from strata.training.tensorboard import RunBoard
 
-    from strata.training.callbacks import RunMetadataCallback
-
-    writer = SummaryWriter(log_dir=str(folder.tensorboard))
     scalars = {"total_parameters": float(loaded.total_params), "trainable_parameters": float(loaded.trainable_params),
                "world_size": 1.0}
     texts = {"config": config.to_dict(), "model": {"source": loaded.source, "init": loaded.init, "kind": loaded.kind,
                                                    "model_type": loaded.model.config.model_type},
              "device": f"{loaded.device} x1", "precision": loaded.precision_description,
              "datasets": {"tag": tag, "family": "qa (vision)", "sources": [config.data.dataset]}}
-    tensorboard = TensorBoardCallback(tb_writer=writer)
-    tensorboard.logging_dir = str(folder.tensorboard)  # the final evaluate() re-opens its writer here too
-    return [RunMetadataCallback(writer, scalars, texts), tensorboard]
+    board = RunBoard.open(folder.tensorboard, True)
+    return board, board.callbacks(scalars, texts)
 
 
 def _train_in(config: RunConfig, tag: str, train: VisionSplit, evaluation: VisionSplit, folder, say,
               progress: dict[str, bool]) -> dict:
-    from strata.models.loading import LoadedModel, count_parameters, resolve_device, resolve_precision
+    from strata.models.device import resolve_device, resolve_precision
+    from strata.models.loading import LoadedModel, count_parameters
+    from strata.training.arguments import derived_fields, finish, resolved_learning_rate
     from strata.training.guards import all_finite
-    from strata.training.run import training_arguments
+    from strata.training.tensorboard import hparams_metrics, run_hparams
 
     model, processor, source, init = _model_and_processor(config, train, folder.root / "tokenizer")
     device = resolve_device(config.model.device)
@@ -193,11 +191,16 @@ def _train_in(config: RunConfig, tag: str, train: VisionSplit, evaluation: Visio
         f"{crop['height']}x{crop['width']}, {processor.patch_size}px patches")
     collator = VisionCollator(processor, {train.split: train.images, evaluation.split: evaluation.images},
                               config.data.max_length)
-    trainer = Trainer(model=model, args=training_arguments(config, loaded, folder, has_eval=True),
+    t = config.train
+    args = finish(t, **derived_fields(t, output_dir=str(folder.checkpoints), precision=loaded.precision,
+                                      device=device, evaluates=True),
+                  learning_rate=resolved_learning_rate(t.learning_rate, init))
+    board, callbacks = _run_board(config, loaded, folder, tag)
+    trainer = Trainer(model=model, args=args,
                       train_dataset=train.examples.map(lambda _: {"image_split": train.split}),
                       eval_dataset=evaluation.examples.map(lambda _: {"image_split": evaluation.split}),
                       data_collator=collator, processing_class=processor,
-                      callbacks=_tensorboard(config, loaded, folder, tag))
+                      callbacks=callbacks)
     collator.check_lengths(train)
     collator.check_lengths(evaluation)
     progress["training"] = True
@@ -206,6 +209,7 @@ def _train_in(config: RunConfig, tag: str, train: VisionSplit, evaluation: Visio
     generation = evaluate_generation(model, collator, evaluation, config.data.max_length)
     eval_metrics.update({f"eval_{k}": v for k, v in generation.items() if k in ("exact_match", "token_f1")})
     if not all_finite(model):
+        board.close()
         raise RunFailed(f"the trained weights contain NaN/inf; nothing was written to {folder.final}")
     model.save_pretrained(folder.final)
     processor.save_pretrained(folder.final)
@@ -215,6 +219,7 @@ def _train_in(config: RunConfig, tag: str, train: VisionSplit, evaluation: Visio
                        "device": device, "precision": loaded.precision, "train_rows": len(train.examples),
                        "eval_rows": len(evaluation.examples), "images_train": len(train.images)}}
     folder.write_metrics(metrics)
+    board.finish(run_hparams(config, metrics["run"]), hparams_metrics(metrics), trainer.state.global_step)
     say(f"final evaluation: eval_loss={eval_metrics.get('eval_loss', float('nan')):.4f}, "
         f"exact_match={generation['exact_match']:.4f}, token_f1={generation['token_f1']:.4f}")
     say(f"saved model and processor to {folder.final} and metrics to {folder.metrics}")

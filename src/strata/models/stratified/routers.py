@@ -15,7 +15,6 @@ from torch import nn
 
 from strata.errors import StrataError
 
-from . import stratum_sources as _sources
 from .stratum_sources import (
     ClusterStratumSource,
     DomainStratumSource,
@@ -31,9 +30,10 @@ from .stratum_sources import (
     mle_lid_to_reference,
     router_z_loss,
 )
+from .stratum_sources import MissingStratumIds as _PortableMissingStratumIds
 
 
-class MissingStratumIds(StrataError, _sources.MissingStratumIds):
+class MissingStratumIds(StrataError, _PortableMissingStratumIds):
     """A `domain` model called without `stratum_ids`: a ValueError for library callers, one line in the CLI."""
 
 
