@@ -152,3 +152,26 @@ def test_fp16_leaves_inf_gradients_to_the_loss_scaler():
     fp16_nan_loss = NonFiniteGuard()
     _guard_step(fp16_nan_loss, fp16=True, loss=float("nan"))
     assert fp16_nan_loss.divergence is not None
+
+
+def test_the_vision_path_is_guarded_too(monkeypatch, tmp_path, capsys):
+    from pathlib import Path
+
+    from transformers import Trainer
+
+    original = Trainer.compute_loss
+
+    def compute_loss(self, model, inputs, *args, **kwargs):
+        loss = original(self, model, inputs, *args, **kwargs)
+        return loss * torch.tensor(float("nan")) if self.state.global_step + 1 == 2 else loss
+
+    monkeypatch.setattr(Trainer, "compute_loss", compute_loss)
+    runs = tmp_path / "runs"
+    code = run_strata("train", "--dataset", "sujet-ai/Sujet-Finance-QA-Vision-100k", "--model", "llava-tiny",
+                      "--max_steps", "3", "--hub_mirror", Path(__file__).parent / "fixtures", "--runs_dir", runs,
+                      "--per_device_train_batch_size", "2", "--eval_steps", "0", "--precision", "fp32")
+    line = last_error_line(capsys)
+    assert code == 1 and "step 2" in line, line
+    run = only_run(runs)
+    assert metrics(run)["status"] == "diverged" and metrics(run)["diverged_at_step"] == 2
+    assert not (run / "final").exists()

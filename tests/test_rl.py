@@ -59,8 +59,10 @@ def sentiment_rows(n: int = 16) -> Dataset:
 
 def small_trainer(tokenizer, output_dir, funcs, weights, **overrides):
     """A one-step GRPO trainer on four rows; tests override only what they check."""
+    logged = {k: overrides.pop(k) for k in ("num_samples_to_log",) if k in overrides}  # a builder argument
     args = grpo_args(output_dir, **{"reward_weights": weights, "per_device_train_batch_size": 16, **overrides})
-    return build_grpo_trainer(tiny_model(tokenizer), tokenizer, sentiment_rows(4), None, args, reward_funcs=funcs)
+    return build_grpo_trainer(tiny_model(tokenizer), tokenizer, sentiment_rows(4), None, args, reward_funcs=funcs,
+                              **logged)
 
 
 def test_prepare_keeps_reward_columns_and_truncates_left(tokenizer):

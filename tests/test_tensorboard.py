@@ -79,8 +79,9 @@ def test_rl_run_has_one_event_file_and_its_hparams(tmp_path):
     assert len(files) == 1 and files[0].parent == run / "tensorboard", files
     events, hparams, tags = _read(run)
     result = metrics(run)
-    assert hparams["rl_learning_rate"] == pytest.approx(2e-5) and hparams["mode"] == "rl"
-    assert hparams["grpo_beta"] == 0 and "learning_rate" not in hparams  # sft's flag; RL uses rl_learning_rate
+    # the seed pipeline's --rl_learning_rate / --grpo_beta are GRPOConfig's learning_rate / beta
+    assert hparams["learning_rate"] == pytest.approx(2e-5) and hparams["mode"] == "rl"
+    assert hparams["beta"] == 0 and "rl_learning_rate" not in hparams and "grpo_beta" not in hparams
     expected = _numbers(result["train"], result["rl"], result["eval"])
     assert "reward" in expected and "eval_reward" in expected
     _check_metrics(events, tags, expected)

@@ -63,6 +63,20 @@ def test_a_derived_field_is_refused_naming_the_strata_flag(flag, tmp_path):
         parse_run_config(["--config", str(config)])
 
 
+@pytest.mark.parametrize("flag", ["fsdp", "deepspeed", "push_to_hub", "project"])
+def test_a_field_strata_would_not_honour_is_refused(flag, tmp_path, capsys):
+    # FSDP/DeepSpeed would save one rank's shard as final/, a hub push would upload checkpoints/: refused
+    value = {"fsdp": "full_shard", "deepspeed": "ds.json", "push_to_hub": "true", "project": "p"}[flag]
+    assert run_strata("train", f"--{flag}", value, "--runs_dir", tmp_path / "runs") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--{flag} is not wired into strata train; " in err[0], err
+    assert not (tmp_path / "runs").exists()
+    config = tmp_path / "run.yaml"
+    config.write_text(f"{flag}: {value}\n")
+    with pytest.raises(StrataError, match=f"--{flag} is not wired into strata train"):
+        parse_run_config(["--config", str(config)])
+
+
 def test_derived_refusals_exit_2_and_create_nothing(tmp_path, capsys):
     assert run_strata("train", "--report_to", "wandb", "--runs_dir", tmp_path / "runs") == 2
     err = capsys.readouterr().err.strip().splitlines()

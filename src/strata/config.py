@@ -94,6 +94,7 @@ def parse_run_config(argv: list[str] | None = None, prog: str = "strata train") 
     """Parse flags (and an optional --config file) into a validated ``RunConfig``."""
     from strata.training.arguments import (
         DERIVED,
+        NOT_WIRED,
         RunConfig,
         check_enum_values,
         check_grpo_arguments,
@@ -109,6 +110,7 @@ def parse_run_config(argv: list[str] | None = None, prog: str = "strata train") 
     if mode in MODES:  # an unknown mode is validate()'s to report
         check_flags_for_mode(mode, given, grpo_only_fields)
     check_derived(given - set(ALIASES), DERIVED)
+    check_derived(given, NOT_WIRED, why="is not wired into strata train")
     classes = argument_classes(mode if mode in MODES else "sft")
     from_file = check_config_values(raw_file, classes, config_path) if config_path is not None else {}
     rest = expand_argv(rest, file_keys=set(from_file))

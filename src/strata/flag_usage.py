@@ -141,10 +141,10 @@ def check_flags_for_mode(mode: str, given: Iterable[str], grpo_only: Callable[[]
                           f"; {instead}, or drop it")
 
 
-def check_derived(given: Iterable[str], derived: dict[str, str]) -> None:
-    """Refuse a TrainingArguments field that Strata sets itself, naming the flag that decides it."""
+def check_derived(given: Iterable[str], derived: dict[str, str], why: str = "is set by strata itself") -> None:
+    """Refuse a TrainingArguments field that Strata sets itself (or does not wire), naming what to do instead."""
     for flag in sorted(set(given) & set(derived)):
-        raise StrataError(f"--{flag} is set by strata itself; {derived[flag]}")
+        raise StrataError(f"--{flag} {why}; {derived[flag]}")
 
 
 def markdown_table() -> str:

@@ -52,7 +52,6 @@ def run_eval(argv: list[str]) -> int:
     from transformers import HfArgumentParser
 
     from strata.config import normalise_lists
-    from strata.data.mixture import mixture_tag
     from strata.data.pipeline import load_eval_sources
     from strata.evaluation import evaluate_dataset
     from strata.evaluation.evaluate import DEFAULT_MAX_NEW_TOKENS
@@ -84,15 +83,10 @@ def run_eval(argv: list[str]) -> int:
     mode = run_args.get("mode", "sft")
     if mode == "rl":
         mode = "sft"
-    from strata.evaluation.vision import eval_vision_folder, is_vision_folder
+    from strata.evaluation.vision import is_vision_folder
 
     if is_vision_folder(_model_folder(Path(target))):  # images through the processor (evaluation/vision.py)
-        result = eval_vision_folder(_model_folder(Path(target)), data, seed, options.device, options.max_new_tokens)
-        out = options.output or (str(Path(target) / f"eval_{result['dataset']}.json") if is_run else None)
-        if out:
-            Path(out).write_text(json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")
-        print(json.dumps({"dataset": result["dataset"], "split": result["split"], **result["metrics"]}, indent=2))
-        return 0
+        return _eval_vision(Path(target), data, seed, options, is_run)
     # The model first: a folder without one fails before any data loads.
     model, tokenizer = load_trained(str(_model_folder(Path(target))), data.hub_mirror, options.device,
                                     quantization=_run_quantization(run_args, _model_folder(Path(target)),
@@ -103,6 +97,34 @@ def run_eval(argv: list[str]) -> int:
         per_source[source.name] = evaluate_dataset(model, tokenizer, source.dataset, source.family,
                                                    source.label_words, method=method, batch_size=batch_size,
                                                    max_length=data.max_length, max_new_tokens=max_new_tokens)
+    settings = {"seed": seed, "eval_method": method, "batch_size": batch_size, "max_new_tokens": max_new_tokens}
+    result = _text_result(sources, per_source, data, options, settings)
+    out = options.output or (str(Path(target) / f"eval_{result['dataset']}.json") if is_run else None)
+    if out:
+        Path(out).write_text(json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")
+    print(json.dumps({"dataset": result["dataset"], "split": result["split"],
+                      **task_metric_names(per_source, prefix="")}, indent=2))
+    return 0
+
+
+def _eval_vision(target: Path, data: DataArguments, seed: int, options: Any, is_run: bool) -> int:
+    """`strata eval` of a vision-language run or model folder: generation scored against the answers."""
+    from strata.evaluation.vision import eval_vision_folder
+
+    result = eval_vision_folder(_model_folder(target), data, seed, options.device, options.max_new_tokens)
+    out = options.output or (str(target / f"eval_{result['dataset']}.json") if is_run else None)
+    if out:
+        Path(out).write_text(json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")
+    print(json.dumps({"dataset": result["dataset"], "split": result["split"], **result["metrics"]}, indent=2))
+    return 0
+
+
+def _text_result(sources: list, per_source: dict[str, dict[str, Any]], data: DataArguments, options: Any,
+                 settings: dict[str, Any]) -> dict[str, Any]:
+    """The eval_<tag>.json record, laid out like metrics.json (task_eval per source, eval_* names)."""
+    from strata.data.mixture import mixture_tag
+    from strata.evaluation.task_metrics import task_metric_names
+
     names = [source.name for source, _ in sources]
     splits = [split for _, split in sources]
     single = len(sources) == 1
@@ -110,22 +132,14 @@ def run_eval(argv: list[str]) -> int:
         tag = names[0]
     else:
         tag = mixture_tag(names, data.mixture_rates) if data.mixture_rates else "+".join(names)
-    flat = task_metric_names(per_source, prefix="")
-    result = {
+    return {
         "dataset": tag, "split": splits[0] if single else splits,
         "examples": sum(len(source.dataset) for source, _ in sources),
-        "metrics": per_source[names[0]] if single else flat,
+        "metrics": per_source[names[0]] if single else task_metric_names(per_source, prefix=""),
         "task_eval": per_source,  # laid out like metrics.json's task_eval
         "eval": task_metric_names(per_source, prefix="eval"),  # the names of metrics.json's eval
-        "args": {**asdict(data), **asdict(options), "seed": seed, "eval_method": method, "batch_size": batch_size,
-                 "max_new_tokens": max_new_tokens},
+        "args": {**asdict(data), **asdict(options), **settings},
     }
-    text = json.dumps(result, indent=2, sort_keys=True, default=str)
-    out = options.output or (str(Path(target) / f"eval_{tag}.json") if is_run else None)
-    if out:
-        Path(out).write_text(text + "\n")
-    print(json.dumps({"dataset": tag, "split": result["split"], **flat}, indent=2))
-    return 0
 
 
 def _run_quantization(run_args: dict[str, Any], folder: Path, device: str):
@@ -153,7 +167,7 @@ def _data_defaults(run_args: dict[str, Any], given: set[str]) -> dict[str, Any]:
 
 
 def _run_data_seed(run_args: dict[str, Any]) -> int:
-    """The seed training drew its eval subset with: TrainArguments.data_order_seed() of the run."""
+    """The seed training drew its eval subset with: StrataArgumentsMixin.data_order_seed() of the run."""
     if run_args.get("data_seed") is not None:
         return int(run_args["data_seed"])
     return int(run_args.get("seed", 0))

@@ -40,6 +40,23 @@ DERIVED: dict[str, str] = {
     "do_predict": "use strata eval RUN",
 }
 
+# TrainingArguments fields that would run, but not as asked (given explicitly: refused).
+NOT_WIRED: dict[str, str] = {
+    # Passed through they would run, but not as asked: the run's final/ is saved by Strata (unwrapped), so a
+    # sharded engine would save one rank's shard, and a hub push would upload checkpoints/, not final/.
+    "fsdp": "FSDP is not wired into Strata's saving yet (final/ would hold one rank's shard); use DDP: "
+            "torchrun or --multi_gpu (docs/distributed.md)",
+    "fsdp_config": "FSDP is not wired into Strata's saving yet; use DDP: torchrun or --multi_gpu",
+    "deepspeed": "DeepSpeed is not wired into Strata's saving yet; use DDP: torchrun or --multi_gpu",
+    "parallelism_config": "tensor/context parallelism is not wired into Strata's saving yet; use DDP",
+    "push_to_hub": "the Trainer would push RUN/checkpoints, not the model in final/; after the run, upload it "
+                   "with `hf upload REPO_ID RUN/final`",
+    "project": "it only names a trackio project, and strata reports to TensorBoard only; drop it",
+    "trackio_space_id": "strata reports to TensorBoard only; drop it",
+    "trackio_bucket_id": "strata reports to TensorBoard only; drop it",
+    "trackio_static_space_id": "strata reports to TensorBoard only; drop it",
+}
+
 
 @contextlib.contextmanager
 def raw_arguments():

@@ -52,8 +52,6 @@ UNUSED_FLAGS: dict[str, str] = {
     "multi_gpu": "the vision path runs in one process",
     "nproc_per_node": "the vision path runs in one process",
     "ddp_backend": "the vision path runs in one process",
-    "nan_policy": "the non-finite guard is not wired for the vision path (a NaN weight is still never saved)",
-    "nan_skip_limit": "the non-finite guard is not wired for the vision path",
 }
 
 
@@ -176,7 +174,7 @@ def _train_in(config: RunConfig, tag: str, train: VisionSplit, evaluation: Visio
     from strata.models.device import resolve_device, resolve_precision
     from strata.models.loading import LoadedModel, count_parameters
     from strata.training.arguments import derived_fields, finish, resolved_learning_rate
-    from strata.training.guards import all_finite
+    from strata.training.guards import NonFiniteGuard, all_finite, stop_diverged
     from strata.training.tensorboard import hparams_metrics, run_hparams
 
     model, processor, source, init = _model_and_processor(config, train, folder.root / "tokenizer")
@@ -196,15 +194,19 @@ def _train_in(config: RunConfig, tag: str, train: VisionSplit, evaluation: Visio
                                       device=device, evaluates=True),
                   learning_rate=resolved_learning_rate(t.learning_rate, init))
     board, callbacks = _run_board(config, loaded, folder, tag)
+    guard = NonFiniteGuard(policy=t.nan_policy, skip_limit=t.nan_skip_limit)  # a NaN loss stops (or skips)
     trainer = Trainer(model=model, args=args,
                       train_dataset=train.examples.map(lambda _: {"image_split": train.split}),
                       eval_dataset=evaluation.examples.map(lambda _: {"image_split": evaluation.split}),
                       data_collator=collator, processing_class=processor,
-                      callbacks=callbacks)
+                      callbacks=[guard, *callbacks])
     collator.check_lengths(train)
     collator.check_lengths(evaluation)
     progress["training"] = True
     output = trainer.train()
+    if guard.divergence is not None:
+        board.close()
+        stop_diverged(guard, folder, True, output.metrics)
     eval_metrics = dict(trainer.evaluate())
     generation = evaluate_generation(model, collator, evaluation, config.data.max_length)
     eval_metrics.update({f"eval_{k}": v for k, v in generation.items() if k in ("exact_match", "token_f1")})
