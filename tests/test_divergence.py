@@ -108,16 +108,21 @@ def test_skip_step_stops_after_the_limit_in_a_row(monkeypatch, tmp_path, capsys)
     assert not (only_run(runs) / "final").exists()
 
 
-def test_rl_mode_is_guarded_too(monkeypatch, tmp_path, capsys):
-    from trl import GRPOTrainer
-
-    original = GRPOTrainer.compute_loss
+def poison_second_step(monkeypatch, trainer_class) -> None:
+    """``trainer_class.compute_loss`` returns NaN at optimizer step 2 (a recipe's own trainer class)."""
+    original = trainer_class.compute_loss
 
     def compute_loss(self, model, inputs, *args, **kwargs):
         loss = original(self, model, inputs, *args, **kwargs)
         return loss * torch.tensor(float("nan")) if self.state.global_step + 1 == 2 else loss
 
-    monkeypatch.setattr(GRPOTrainer, "compute_loss", compute_loss)
+    monkeypatch.setattr(trainer_class, "compute_loss", compute_loss)
+
+
+def test_rl_mode_is_guarded_too(monkeypatch, tmp_path, capsys):
+    from trl import GRPOTrainer
+
+    poison_second_step(monkeypatch, GRPOTrainer)
     runs = tmp_path / "runs"
     code = run_strata("train", "--mode", "rl", "--model", "llama-tiny", "--max_steps", "4",
                       "--per_device_train_batch_size", "2", "--max_completion_length", "8",
@@ -159,13 +164,7 @@ def test_the_vision_path_is_guarded_too(monkeypatch, tmp_path, capsys):
 
     from transformers import Trainer
 
-    original = Trainer.compute_loss
-
-    def compute_loss(self, model, inputs, *args, **kwargs):
-        loss = original(self, model, inputs, *args, **kwargs)
-        return loss * torch.tensor(float("nan")) if self.state.global_step + 1 == 2 else loss
-
-    monkeypatch.setattr(Trainer, "compute_loss", compute_loss)
+    poison_second_step(monkeypatch, Trainer)  # the vision recipe runs transformers' Trainer itself
     runs = tmp_path / "runs"
     code = run_strata("train", "--dataset", "sujet-ai/Sujet-Finance-QA-Vision-100k", "--model", "llava-tiny",
                       "--max_steps", "3", "--hub_mirror", Path(__file__).parent / "fixtures", "--runs_dir", runs,
