@@ -6,7 +6,7 @@ Layers, bottom to top; a module may import its own layer or a lower one:
 * 1, building blocks: ``strata.data.*``, ``strata.models.*``, ``strata.evaluation.*`` except ``evaluation.cli``.
 * 2, recipes: ``strata.training.*``, ``strata.experiments.*``.
 * 3, command-line glue: ``strata`` (the package ``__init__``), ``strata.cli``, ``strata.cli_datasets``
-  (the registry's table and ``show``), ``strata.config``, ``strata.config_file``, ``strata.flag_aliases``,
+  (the registry's table and ``show``), ``strata.cli_env`` (``strata env``), ``strata.config``, ``strata.config_file``, ``strata.flag_aliases``,
   ``strata.flag_usage``, ``strata.evaluation.cli``, ``strata.main``, ``strata.benchmarks`` (``strata bench``:
   finds and runs the scripts in benchmarks/), ``strata.experiments.compare`` (``strata compare``: its parser
   and main, which parse each arm's flags exactly as ``strata train`` does; the comparison's parts, arms, floor,
@@ -36,6 +36,7 @@ _EXACT = {
     "strata": 3,
     "strata.cli": 3,
     "strata.cli_datasets": 3,
+    "strata.cli_env": 3,
     "strata.config": 3,
     "strata.config_file": 3,
     "strata.flag_aliases": 3,

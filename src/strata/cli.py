@@ -1,4 +1,4 @@
-"""``strata`` command line: train, eval, datasets, models, compare, bench.
+"""``strata`` command line: train, eval, datasets, models, env, compare, bench.
 
 Subcommand flags are dataclasses parsed by transformers' HfArgumentParser (see strata.config);
 this module only dispatches, and turns a ``StrataError`` into one line and its exit code (2 for bad input,
@@ -20,7 +20,8 @@ commands:
   train      train a model (sft, pretrain or rl); `strata train --help` lists every flag
   eval       evaluate a run folder or model on a dataset
   datasets   list the dataset registry; `strata datasets show ID [--dataset_config C]`
-  models     list model presets with parameter counts
+  models     list model presets with parameter counts; `strata models --fit 24GB [--length L]`: largest batches
+  env        devices, interconnect, bf16/AMX, library versions; with --model M --devices N, --parallelism auto
   compare    compare stratified variants over seeds (see docs/stratified.md)
   bench      run a benchmark from benchmarks/
 """
@@ -89,10 +90,46 @@ def cmd_datasets(argv: list[str]) -> int:
 
 
 def cmd_models(argv: list[str]) -> int:
-    from strata.models.catalog import format_presets
+    from strata.models.catalog import format_fit, format_presets
 
-    print(format_presets())
+    if not argv:
+        print(format_presets())
+        return 0
+    fit = _models_fit_flags(argv)
+    print(format_fit(**fit))
     return 0
+
+
+def _models_fit_flags(argv: list[str]) -> dict:
+    """``--fit MEMORY [--length L] [--gradient_checkpointing] [--lora_r R]``; anything else is refused."""
+    import argparse
+
+    from strata.models.memory import parse_memory
+
+    usage = "usage: strata models [--fit MEMORY [--length L] [--gradient_checkpointing] [--lora_r R]]"
+    parser = argparse.ArgumentParser(prog="strata models", add_help=False, exit_on_error=False)
+    parser.add_argument("--fit")
+    parser.add_argument("--length", type=int, default=2048)
+    parser.add_argument("--gradient_checkpointing", action="store_true")
+    parser.add_argument("--lora_r", type=int, default=16)
+    try:
+        args, extra = parser.parse_known_args(argv)
+    except argparse.ArgumentError as error:
+        raise StrataError(f"{error}; {usage}") from error
+    if extra:
+        raise StrataError(f"unknown argument {extra[0]!r}; {usage}")
+    if args.fit is None:
+        raise StrataError(f"--length, --gradient_checkpointing and --lora_r go with --fit MEMORY; {usage}")
+    if args.length < 1 or args.lora_r < 1:
+        raise StrataError("--length and --lora_r must be at least 1")
+    return {"memory": parse_memory(args.fit), "length": args.length,
+            "gradient_checkpointing": args.gradient_checkpointing, "lora_r": args.lora_r}
+
+
+def cmd_env(argv: list[str]) -> int:
+    from strata.cli_env import main as env_main
+
+    return env_main(argv)
 
 
 def cmd_compare(argv: list[str]) -> int:
@@ -112,6 +149,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "eval": cmd_eval,
     "datasets": cmd_datasets,
     "models": cmd_models,
+    "env": cmd_env,
     "compare": cmd_compare,
     "bench": cmd_bench,
 }

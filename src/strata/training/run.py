@@ -131,7 +131,7 @@ def _train_in_folder(config: RunConfig, examples: Examples, folder: RunFolder, c
         "eval": final_metrics,
         "task_eval": trainer.task_eval_details(),
         "run": {**_run_summary(config, examples, loaded, tokenized, dist),
-                "throughput": trainer.throughput_summary()},
+                "throughput": trainer.throughput_summary(), "telemetry": trainer.telemetry_summary()},
     }
     if dist.is_main:
         save_final(trainer, loaded, folder, model_args)

@@ -288,6 +288,11 @@ class ThroughputMeter(TrainerCallback):
     world_size: int = 1
     window: _Counts = field(default_factory=_Counts)
     total: _Counts = field(default_factory=_Counts)
+    # This process's own tokens and seconds (before summing over processes), for per-device telemetry:
+    # the last closed window's and the run's.
+    last_local: tuple[float, float] = (0.0, 0.0)
+    total_local: _Counts = field(default_factory=_Counts)
+    run_local: tuple[float, float] = (0.0, 0.0)  # set by summary(): the run's own tokens and seconds
     _window_start: float = 0.0
     _paused: float = 0.0
     _mark: float | None = None
@@ -300,6 +305,9 @@ class ThroughputMeter(TrainerCallback):
             self.window.flops += self.counter.flops(non_pad, loss, lm_head_positions, seq_len)
 
     def on_train_begin(self, args, state, control, **kwargs):
+        # Trainer calls this again when --auto_find_batch_size retries with a smaller batch: the failed
+        # attempt's steps are not this run's.
+        self.total, self.total_local = _Counts(), _Counts()
         self._start_window()
 
     def on_step_begin(self, args, state, control, **kwargs):
@@ -330,6 +338,8 @@ class ThroughputMeter(TrainerCallback):
         """The log entries of the steps since the last log; ``reduce`` sums counts over processes."""
         counts = self.window
         counts.seconds = time.perf_counter() - self._window_start - self._paused
+        self.last_local = (counts.tokens, counts.seconds)
+        self.total_local.add(_Counts(tokens=counts.tokens, seconds=counts.seconds))
         if reduce is not None:
             counts.tokens, counts.loss_tokens, counts.flops = reduce([counts.tokens, counts.loss_tokens,
                                                                       counts.flops])
@@ -350,6 +360,7 @@ class ThroughputMeter(TrainerCallback):
         """Run totals for metrics.json: the steps after the last log count too (up to the last step's end)."""
         pending = self.window
         pending.seconds = self._pending_seconds
+        self.run_local = (self.total_local.tokens + pending.tokens, self.total_local.seconds + pending.seconds)
         if reduce is not None:
             pending.tokens, pending.loss_tokens, pending.flops = reduce([pending.tokens, pending.loss_tokens,
                                                                          pending.flops])

@@ -20,6 +20,7 @@ from transformers.trainer_utils import EvalLoopOutput
 from strata.evaluation.task_metrics import scalar_metrics, task_metric_names
 from strata.training.guards import NonFiniteGuard
 from strata.training.sparse_loss import LossPositionsOnly
+from strata.training.telemetry import DeviceTelemetry
 from strata.training.throughput import (
     FlopCounter,
     ThroughputMeter,
@@ -51,6 +52,7 @@ class StrataTrainer(Trainer):
         self._task_prefix: str | None = None  # set while evaluate() runs: evaluation_loop adds task metrics
         self._aux_losses: list[float] = []
         self.throughput: ThroughputMeter | None = None  # built at train start, after the peak probe
+        self.telemetry: DeviceTelemetry | None = None  # per-device memory and tokens/s, with the meter
         # Where the LM head runs, for the FLOP count: "loss" when compute_loss projects only loss positions.
         self.lm_head_positions = "all"
         self.run_board: Any = None  # the run's TensorBoard writer (strata.training.tensorboard.RunBoard), set by run.py
@@ -87,6 +89,8 @@ class StrataTrainer(Trainer):
                 logs["nonfinite_skips"] = self.nan_guard.skipped
             if self.throughput is not None:  # tokens/s, loss tokens/s, MFU since the last training log
                 logs.update(self.throughput.close_window(self._sum_over_processes))
+                if self.telemetry is not None:  # device{r}/memory_*, device{r}/tokens_per_second, the total
+                    logs.update(self.telemetry.log_entries(*self.throughput.last_local, self._gather_rows))
             if self._aux_losses:
                 logs["aux_loss"] = sum(self._aux_losses) / len(self._aux_losses)
                 self._aux_losses.clear()
@@ -98,6 +102,7 @@ class StrataTrainer(Trainer):
         if self.throughput is None:
             self.throughput = self._throughput_meter()
             self.add_callback(self.throughput)
+            self.telemetry = DeviceTelemetry(self.args.device, self.accelerator.num_processes)
         return super().train(*args, **kwargs)
 
     def _throughput_meter(self) -> ThroughputMeter:
@@ -119,9 +124,23 @@ class StrataTrainer(Trainer):
                                         reduction="sum")
         return [float(v) for v in total]
 
+    def _gather_rows(self, values: list[float]) -> list[list[float]]:
+        """Every process's ``values``, in rank order (one all_gather)."""
+        local = torch.tensor([values], dtype=torch.float64, device=self.args.device)
+        if self.accelerator.num_processes == 1:
+            return local.tolist()
+        return self.accelerator.gather(local).cpu().tolist()
+
     def throughput_summary(self) -> dict[str, Any]:
         """Run-level tokens/s, loss tokens/s, FLOPs per token, peak and MFU for metrics.json (all ranks call)."""
         return self.throughput.summary(self._sum_over_processes) if self.throughput is not None else {}
+
+    def telemetry_summary(self) -> dict[str, Any]:
+        """metrics.json ``run.telemetry`` (all ranks call; after :meth:`throughput_summary`, which counts the
+        steps after the last log)."""
+        if self.telemetry is None or self.throughput is None:
+            return {}
+        return self.telemetry.summary(*self.throughput.run_local, self._gather_rows, self._train_batch_size)
 
     # --- evaluation -------------------------------------------------------------------------
     # Task metrics join the metrics inside Trainer.evaluate (through evaluation_loop), so the one
