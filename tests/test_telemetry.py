@@ -53,6 +53,26 @@ def test_two_ranks_sum_their_own_tokens():
     assert summary["per_device_train_batch_size_used"] == 4
 
 
+def _tokens_per_rank(run: Path, argv: list[str], world_size: int, batch: int, steps: int) -> list[int]:
+    """Each rank's real tokens by hand: the run's training rows rebuilt (same flags, its saved tokenizer), dealt
+    as accelerate deals a sequential sampler's batches (batch k to rank k mod world size); a padded batch's
+    real tokens are its rows' lengths."""
+    from transformers import AutoTokenizer
+
+    from strata.config import parse_run_config
+    from strata.data.pipeline import load_examples, tokenize_examples
+
+    config = parse_run_config(argv)
+    seed = config.train.data_order_seed()
+    examples = load_examples(config.data, "sft", seed)
+    tokenizer = AutoTokenizer.from_pretrained(run / "final")
+    rows = tokenize_examples(examples, tokenizer, "causal", config.data, "sft", seed,
+                             rows_needed=steps * batch * world_size).train
+    lengths = [len(ids) for ids in rows["input_ids"]]
+    return [sum(sum(lengths[(world_size * step + rank) * batch:(world_size * step + rank + 1) * batch])
+                for step in range(steps)) for rank in range(world_size)]
+
+
 def test_train_writes_telemetry_to_tensorboard_and_metrics(tmp_path, monkeypatch):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -79,6 +99,8 @@ def test_train_writes_telemetry_to_tensorboard_and_metrics(tmp_path, monkeypatch
     (device,) = telemetry["devices"]
     # Trainer's own independent count (include_num_input_tokens_seen) of the tokens this run read.
     assert device["tokens"] == telemetry["tokens_total"] == result["train"]["num_input_tokens_seen"]
+    argv = [*FAST, "--max_steps", "4", "--logging_steps", "2", "--runs_dir", str(runs)]
+    assert [device["tokens"]] == _tokens_per_rank(run, argv, 1, 4, 4)
     assert device["peak_mb"] >= device["memory_allocated_mb"] > 50
     assert telemetry["per_device_train_batch_size_used"] == 4
 
@@ -147,6 +169,8 @@ def test_env_parallelism_line_and_refusals(capsys):
         assert line == "parallelism auto: not available in this build"
     else:
         assert line.startswith("parallelism auto for llama-tiny")
+    assert run_strata("env", "--help") == 0
+    assert "--device_memory GIB" in capsys.readouterr().out
     for argv, message in ((["--devices", "2"], "add --model M --devices N"), (["--model", "llama-tiny"],
                           "--model needs --devices"), (["--bogus"], "unknown argument")):
         assert run_strata("env", *argv) == 2
@@ -181,7 +205,7 @@ def test_two_process_total_is_the_sum_of_each_ranks_tokens(tmp_path):
     telemetry = result["run"]["telemetry"]
     assert telemetry["world_size"] == 2 and [d["rank"] for d in telemetry["devices"]] == [0, 1]
     per_rank = [d["tokens"] for d in telemetry["devices"]]
-    assert all(tokens > 0 for tokens in per_rank)
+    assert per_rank == _tokens_per_rank(run, args, 2, 2, 3)  # each rank's own count, by hand
     # Trainer gathers its own count across ranks (num_input_tokens_seen); the meter's all_reduce is a third path.
     assert sum(per_rank) == telemetry["tokens_total"] == result["train"]["num_input_tokens_seen"]
     assert telemetry["tokens_total"] == result["run"]["throughput"]["tokens"]

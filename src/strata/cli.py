@@ -89,11 +89,19 @@ def cmd_datasets(argv: list[str]) -> int:
     return datasets_main(argv)
 
 
+MODELS_USAGE = "usage: strata models [--fit MEMORY [--length L] [--gradient_checkpointing] [--lora_r R]]"
+
+
 def cmd_models(argv: list[str]) -> int:
     from strata.models.catalog import format_fit, format_presets
 
     if not argv:
         print(format_presets())
+        return 0
+    if argv[0] in ("-h", "--help"):
+        print(MODELS_USAGE + "\n  --fit MEMORY  24GB (10^9 bytes) or 80GiB (2^30): the largest batch per preset and "
+              "mode\n  --length L    tokens per row (2048)\n  --gradient_checkpointing  keep only layer inputs"
+              "\n  --lora_r R    LoRA rank (16)")
         return 0
     fit = _models_fit_flags(argv)
     print(format_fit(**fit))
@@ -106,7 +114,7 @@ def _models_fit_flags(argv: list[str]) -> dict:
 
     from strata.models.memory import parse_memory
 
-    usage = "usage: strata models [--fit MEMORY [--length L] [--gradient_checkpointing] [--lora_r R]]"
+    usage = MODELS_USAGE
     parser = argparse.ArgumentParser(prog="strata models", add_help=False, exit_on_error=False)
     parser.add_argument("--fit")
     parser.add_argument("--length", type=int, default=2048)

@@ -18,12 +18,15 @@ import torch
 
 from strata.errors import StrataError
 
-USAGE = ("usage: strata env [--model M --devices N [--nodes K] [--device_memory GB] [--use_lora] "
+USAGE = ("usage: strata env [--model M --devices N [--nodes K] [--device_memory GIB] [--use_lora] "
          "[--device_type cuda|cpu]]")
 PACKAGES = ("torch", "transformers", "accelerate", "trl", "peft", "datasets", "bitsandbytes")
 
 
 def main(argv: list[str]) -> int:
+    if argv and argv[0] in ("-h", "--help"):
+        print(USAGE + "\n\n" + __doc__.strip())
+        return 0
     args = _parse(argv)
     print(describe_environment())
     if args.model is not None:
@@ -126,9 +129,13 @@ def parallelism_line(model: str, devices: int, nodes: int, device_memory: float 
     except ImportError:
         return "parallelism auto: not available in this build"
     from strata.models.arguments import ModelArguments
+    from strata.models.catalog import preset_config
     from strata.models.plan import architecture_kind, config_from_flags, count_parameters_from_config
+    from strata.models.presets import get_preset
 
-    config = config_from_flags(ModelArguments(model=model), os.environ.get("STRATA_HUB_MIRROR"))
+    preset = get_preset(model)  # at its tokenizer's vocabulary, as `strata models` counts it
+    config = preset_config(preset) if preset is not None else \
+        config_from_flags(ModelArguments(model=model), os.environ.get("STRATA_HUB_MIRROR"))
     params = None if config is None else count_parameters_from_config(config, architecture_kind(config))
     kind = device_type or ("cuda" if torch.cuda.is_available() else "cpu")
     if device_memory is None and kind == "cuda" and torch.cuda.is_available():

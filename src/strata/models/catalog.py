@@ -13,7 +13,7 @@ BYTE_VOCAB = 384  # len(ByT5Tokenizer()): 256 bytes + 3 specials + 125 extra ids
 GPT2_VOCAB = 50257
 
 
-def _preset_config(preset):
+def preset_config(preset):
     """The preset's config at its tokenizer's vocabulary size."""
     vocab = GPT2_VOCAB if preset.tokenizer == "gpt2" else BYTE_VOCAB
     if preset.tokenizer.startswith("bpe:"):
@@ -24,7 +24,7 @@ def _preset_config(preset):
 def format_presets() -> str:
     rows = ["preset                        params      fp32 GiB  bf16 GiB  tokenizer  description"]
     for preset in all_presets().values():
-        config = _preset_config(preset)
+        config = preset_config(preset)
         if is_vision_config(config):  # LLaVA is an image-text-to-text model, not a causal LM class
             params = count_vision_parameters(config)
         else:
@@ -43,7 +43,7 @@ def format_fit(memory: float, length: int, gradient_checkpointing: bool = False,
     rows = [f"preset                        params     {'full':>6} {'lora':>6} {'qlora':>6}   (largest batch of "
             f"{length}-token rows; -: does not fit)"]
     for preset in all_presets().values():
-        config = _preset_config(preset)
+        config = preset_config(preset)
         model = None if is_vision_config(config) else meta_model(config, architecture_kind(config))
         if model is None:  # LLaVA: image tokens and a vision tower the text formula does not cover
             rows.append(f"{preset.name:<28} {'?':>9}  {'?':>6} {'?':>6} {'?':>6}   (not estimated: not a text LM)")

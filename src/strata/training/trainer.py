@@ -140,7 +140,11 @@ class StrataTrainer(Trainer):
         steps after the last log)."""
         if self.telemetry is None or self.throughput is None:
             return {}
-        return self.telemetry.summary(*self.throughput.run_local, self._gather_rows, self._train_batch_size)
+        # TrainerState.train_batch_size is what the loop ran (after --auto_find_batch_size), per process: x the
+        # GPUs one process drives under DataParallel.
+        ran = self.state.train_batch_size
+        per_device = ran // max(1, self.args.n_gpu) if ran is not None else None
+        return self.telemetry.summary(*self.throughput.run_local, self._gather_rows, per_device)
 
     # --- evaluation -------------------------------------------------------------------------
     # Task metrics join the metrics inside Trainer.evaluate (through evaluation_loop), so the one
