@@ -130,7 +130,8 @@ def test_checkpointing_and_qlora_lower_the_estimate(capsys):
 ])
 def test_models_flags_are_refused_in_one_line(argv, message, capsys):
     assert run_strata("models", "--help") == 0
-    assert all(flag in capsys.readouterr().out for flag in ("--fit", "--length", "--gradient_checkpointing"))
+    usage = capsys.readouterr().out
+    assert all(flag in usage for flag in ("--fit", "--length", "--gradient_checkpointing"))
     assert run_strata("models", *argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
