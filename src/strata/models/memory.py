@@ -6,9 +6,9 @@ An estimate with its assumptions said (:func:`assumptions`), not a measurement: 
 * **Weights and optimizer** (Trainer's AdamW, weights in fp32 under bf16 autocast, as Strata runs them):
   full 16 bytes per parameter (weights 4, gradients 4, AdamW's two moments 8); LoRA 4 per frozen base parameter
   + 16 per adapter parameter (rank r on every linear layer, ``nn.Linear`` or GPT-2's ``Conv1D``, but the LM
-  head: peft's ``all-linear``); QLoRA the
-  same with the matmul weights in NF4, 0.5 byte + one fp32 absmax per 64 weights (0.5625 bytes), embeddings,
-  LM head and norms in fp32 (transformers' bitsandbytes quantizer and ``models/quantization.py``).
+  head: peft's ``all-linear``); QLoRA the same with the matmul weights in NF4, 0.5 byte + one fp32 absmax per
+  64 weights (0.5625 bytes), embeddings, LM head and norms in fp32 (transformers' bitsandbytes quantizer and
+  ``models/quantization.py``).
 * **Activations** per token and layer, no recomputation, 16-bit (Korthikanti et al. 2022, "Reducing Activation
   Recomputation in Large Transformer Models", section 4.1, generalised from a 4h GELU MLP to the model's
   intermediate size I): attention 11h, two norms 4h, MLP 2h + 4I + h (GELU) or 2h + 8I (gated SwiGLU),
