@@ -118,7 +118,9 @@ gloo = pytest.mark.skipif(not (torch.distributed.is_available() and torch.distri
 @pytest.mark.parametrize(("flags", "wrapper", "mesh"), [
     (["--parallelism", "fsdp"], "FSDPModule", [2]),
     (["--parallelism", "hsdp", "--hsdp_replicas", "2"], "FSDPModule", [2, 1]),  # replicate x shard
-    (["--parallelism", "hsdp"], "FSDPModule", [1, 2]),  # one node: one replica sharded over both workers
+    # one node: one replica sharded over both workers; gradients held over 2 micro-batches (global batch 1x2x2)
+    (["--parallelism", "hsdp", "--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "2"],
+     "FSDPModule", [1, 2]),
     ([], "DistributedDataParallel", None),  # auto on CPU processes
 ])
 def test_two_workers_equal_one_process_with_the_same_global_batch(tmp_path, one_process_run, flags, wrapper, mesh):

@@ -211,4 +211,12 @@ def full_state_dict(model: Any) -> dict[str, torch.Tensor] | None:
 
     if not isinstance(model, FSDPModule):
         return None
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    # Tied weights (embed_tokens / lm_head) come back as two gathered copies; one tensor under both names, as in
+    # the unsharded model, lets save_pretrained drop the tied name as it does without FSDP.
+    first: dict[int, str] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if id(param) in first and name in state and first[id(param)] in state:
+            state[name] = state[first[id(param)]]
+        first.setdefault(id(param), name)
+    return state
