@@ -121,6 +121,7 @@ gloo = pytest.mark.skipif(not (torch.distributed.is_available() and torch.distri
     # one node: one replica sharded over both workers; gradients held over 2 micro-batches (global batch 1x2x2)
     (["--parallelism", "hsdp", "--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "2"],
      "FSDPModule", [1, 2]),
+    (["--parallelism", "fsdp", "--gradient_checkpointing"], "FSDPModule", [2]),  # recomputed, same training
     ([], "DistributedDataParallel", None),  # auto on CPU processes
 ])
 def test_two_workers_equal_one_process_with_the_same_global_batch(tmp_path, one_process_run, flags, wrapper, mesh):
