@@ -73,6 +73,10 @@ def test_auto_on_one_cpu_process_is_none_and_the_cli_refuses_in_one_line(tmp_pat
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--parallelism fsdp needs several processes" in err[0], err
     assert not (tmp_path / "runs").exists()
+    # Trainer's own --fsdp (DDP on CPU, one rank's shard in final/) stays refused and points at --parallelism
+    assert run_strata("train", "--fsdp", "full_shard", "--runs_dir", tmp_path / "runs") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "use --parallelism fsdp" in err[0], err
 
 
 # ---------------------------------------------------------------------------- 2 gloo workers
