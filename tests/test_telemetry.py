@@ -163,12 +163,14 @@ def test_env_prints_versions_devices_and_amx(capsys):
 def test_env_parallelism_line_and_refusals(capsys):
     assert run_strata("env", "--model", "llama-tiny", "--devices", "2", "--device_type", "cpu") == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
-    try:
-        import strata.training.parallel  # noqa: F401 - written by the fsdp helper; absent in this build
-    except ImportError:
-        assert line == "parallelism auto: not available in this build"
-    else:
-        assert line.startswith("parallelism auto for llama-tiny")
+    assert line.startswith("parallelism auto for llama-tiny") and ": ddp (" in line, line  # CPU processes: DDP
+    # gpt2-124m: 124,439,808 parameters x 16 bytes (fp32 weights, grads, two AdamW moments) = 1.85 GiB, against
+    # 60% of one device: 80 GiB -> 48 GiB, DDP; 2 GiB -> 1.2 GiB, it does not fit: FSDP
+    for memory, expected in (("80", ": ddp ("), ("2", ": fsdp (")):
+        assert run_strata("env", "--model", "gpt2-124m", "--devices", "8", "--device_type", "cuda",
+                          "--device_memory", memory) == 0
+        line = capsys.readouterr().out.strip().splitlines()[-1]
+        assert "124,439,808 parameters" in line and expected in line, line
     assert run_strata("env", "--help") == 0
     assert "--device_memory GIB" in capsys.readouterr().out
     for argv, message in ((["--devices", "2"], "add --model M --devices N"), (["--model", "llama-tiny"],

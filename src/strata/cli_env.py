@@ -124,10 +124,7 @@ def describe_environment() -> str:
 def parallelism_line(model: str, devices: int, nodes: int, device_memory: float | None, lora: bool,
                      device_type: str | None) -> str:
     """What ``--parallelism auto`` would run for ``model`` on ``devices`` (and why)."""
-    try:
-        from strata.training.parallel import choose_parallelism
-    except ImportError:
-        return "parallelism auto: not available in this build"
+    from strata.training.parallel import choose_parallelism
     from strata.models.arguments import ModelArguments
     from strata.models.catalog import preset_config
     from strata.models.plan import architecture_kind, config_from_flags, count_parameters_from_config

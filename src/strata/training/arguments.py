@@ -44,9 +44,9 @@ DERIVED: dict[str, str] = {
 NOT_WIRED: dict[str, str] = {
     # Passed through they would run, but not as asked: the run's final/ is saved by Strata (unwrapped), so a
     # sharded engine would save one rank's shard, and a hub push would upload checkpoints/, not final/.
-    "fsdp": "FSDP is not wired into Strata's saving yet (final/ would hold one rank's shard); use DDP: "
-            "torchrun or --multi_gpu (docs/distributed.md)",
-    "fsdp_config": "FSDP is not wired into Strata's saving yet; use DDP: torchrun or --multi_gpu",
+    "fsdp": "Trainer's FSDP runs as DDP on CPU and final/ would hold one rank's shard; use --parallelism fsdp "
+            "(or hsdp) with --fsdp_cpu_offload (docs/distributed.md)",
+    "fsdp_config": "use --parallelism fsdp|hsdp, --fsdp_cpu_offload, --gradient_checkpointing",
     "deepspeed": "DeepSpeed is not wired into Strata's saving yet; use DDP: torchrun or --multi_gpu",
     "parallelism_config": "tensor/context parallelism is not wired into Strata's saving yet; use DDP",
     "push_to_hub": "the Trainer would push RUN/checkpoints, not the model in final/; after the run, upload it "
@@ -167,6 +167,20 @@ class StrataArgumentsMixin:
         metadata={"help": "Process-group backend of a multi-process run: nccl (CUDA) | gloo (default: nccl on CUDA, "
                   "gloo on CPU)."},
     )
+    parallelism: str = field(
+        default="auto",
+        metadata={"help": "How the model is spread over devices: auto (one device: none; several processes on one "
+                  "node: ddp when weights + grads + AdamW fit in one GPU, else fsdp; on CPU ddp; several nodes: "
+                  "hsdp) | none | dp (DataParallel: one process, several GPUs) | ddp | fsdp (FSDP2 fully_shard per "
+                  "transformer block) | hsdp (shard within a node, replicate across nodes). The choice and its "
+                  "reason are logged and in metrics.json run.parallelism."},
+    )
+    fsdp_cpu_offload: bool = field(
+        default=False, metadata={"help": "With --parallelism fsdp|hsdp on CUDA: keep the shards, their gradients and "
+                                 "the optimizer step in CPU memory (FSDP2 CPUOffloadPolicy)."})
+    hsdp_replicas: int | None = field(
+        default=None, metadata={"help": "With --parallelism hsdp: replicas of the 2-D (replicate, shard) mesh "
+                                "(default: the number of nodes); processes / replicas shard each copy."})
     local_rank: int = field(
         default=-1, metadata={"help": "set by `python -m torch.distributed.launch`; checked against $LOCAL_RANK, "
                               "otherwise unused"})

@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from strata.data.pipeline import Examples
 from strata.errors import RunFailed
 from strata.models.artifacts import (
@@ -39,9 +41,10 @@ def token_budget(config: RunConfig, world_size: int) -> int:
             * t.gradient_accumulation_steps * world_size)
 
 
-def run_metadata(config: RunConfig, examples: Examples, loaded: LoadedModel,
-                 dist: DistInfo) -> tuple[dict[str, float], dict[str, Any]]:
-    """The run's scalars and texts for TensorBoard at step 0 (RunMetadataCallback), in every mode."""
+def run_metadata(config: RunConfig, examples: Examples, loaded: LoadedModel, dist: DistInfo,
+                 parallelism: dict[str, Any] | None = None) -> tuple[dict[str, float], dict[str, Any]]:
+    """The run's scalars and texts for TensorBoard at step 0 (RunMetadataCallback), in every mode;
+    ``parallelism``: the --parallelism choice and its reason (training/parallel.py)."""
     scalars = {
         "token_budget": float(token_budget(config, dist.world_size)),
         "total_parameters": float(loaded.total_params),
@@ -59,17 +62,22 @@ def run_metadata(config: RunConfig, examples: Examples, loaded: LoadedModel,
         "precision": loaded.precision_description,
         "datasets": {"tag": examples.tag, "family": examples.family, "sources": examples.sources},
     }
+    if parallelism is not None:
+        texts["parallelism"] = parallelism
     return scalars, texts
 
 
-def save_final(trainer: Any, loaded: LoadedModel, folder: RunFolder, model_args) -> None:
+def save_final(trainer: Any, loaded: LoadedModel, folder: RunFolder, model_args,
+               state_dict: dict[str, torch.Tensor] | None = None) -> None:
     """final/: the model (or LoRA adapters) + tokenizer; merged/: the merged LoRA model when asked.
 
     Every folder reloads with transformers/peft alone. A LoRA run on a scratch base keeps that base, unwrapped
     and unmerged, in base_model/, and its adapters name it relative to final/ (``../base_model``).
+    ``state_dict``: a sharded (FSDP) model's full weights, gathered on this rank by every rank
+    (parallel.full_state_dict); its own parameters would be this rank's shards.
     """
     model = trainer.accelerator.unwrap_model(trainer.model)
-    if not all_finite(model):
+    if not (all_finite(model) if state_dict is None else all(bool(torch.isfinite(t).all()) for t in state_dict.values())):
         raise RunFailed(f"the trained weights contain NaN/inf; nothing was written to {folder.final} "
                         "(lower --learning_rate and train again)")
     reference = None
@@ -81,7 +89,7 @@ def save_final(trainer: Any, loaded: LoadedModel, folder: RunFolder, model_args)
         reference = BASE_REFERENCE
     elif model_args.use_lora:
         reference = pretrained_base_reference(model_args.model)
-    model.save_pretrained(folder.final)
+    model.save_pretrained(folder.final, state_dict=state_dict)
     loaded.tokenizer.save_pretrained(folder.final)
     if reference is not None:
         point_adapter_at(folder.final, reference)

@@ -32,6 +32,7 @@ from strata.training.distributed import (
 from strata.training.finalize import RunResult, run_metadata, save_final, token_budget
 from strata.training.guards import NonFiniteGuard, stop_diverged
 from strata.training.launch import plan_launch
+from strata.training.parallel import SHARDED, Parallelism, full_state_dict, planned_parallelism, shard_model
 from strata.training.run_folder import (
     RunFolder,
     choose_run_folder,
@@ -56,9 +57,12 @@ def train(config: RunConfig) -> RunResult:
         raise StrataError("--multi_gpu without a launcher is started by `strata train` / train.py, which runs the "
                           "workers; use those, or launch this call under torchrun")
     preflight(config)
+    parallelism = planned_parallelism(config, dist.world_size)  # refuses what would run as something else
     from strata.training.vision import train_vision, vision_requested  # images through a processor
 
     if vision_requested(config):
+        if parallelism.choice in SHARDED:
+            raise StrataError(f"--parallelism {parallelism.choice} is not wired into the vision recipe; use ddp")
         return train_vision(config, dist, say)
     mirror = data_args.hub_mirror
     if dist.world_size > 1:  # before anything asks accelerate for its state (see start_process_group)
@@ -83,7 +87,7 @@ def train(config: RunConfig) -> RunResult:
         log_handler = folder.attach_log_file()
     progress = {"training": False}
     try:
-        return _train_in_folder(config, examples, folder, checkpoint, dist, say, mirror, progress)
+        return _train_in_folder(config, examples, folder, checkpoint, dist, say, mirror, progress, parallelism)
     except BaseException:
         # Failed before training began (a bad flag found at model load, say): leave nothing behind, so the
         # same command can run again. A resumed run's folder, or one that trained, is never touched.
@@ -99,9 +103,11 @@ def train(config: RunConfig) -> RunResult:
 
 
 def _train_in_folder(config: RunConfig, examples: Examples, folder: RunFolder, checkpoint: Path | None,
-                     dist: DistInfo, say, mirror: str | None, progress: dict[str, bool]) -> RunResult:
+                     dist: DistInfo, say, mirror: str | None, progress: dict[str, bool],
+                     parallelism: Parallelism) -> RunResult:
     data_args, model_args, train_args = config.data, config.model, config.train
     say(f"run folder {folder.root}")
+    say(f"parallelism {parallelism.choice}: {parallelism.reason}")
 
     loaded = load_for_training(model_args, mirror, train_texts=examples.training_texts(),
                                tokenizer_dir=folder.root / "tokenizer", dropout=train_args.dropout,
@@ -116,7 +122,9 @@ def _train_in_folder(config: RunConfig, examples: Examples, folder: RunFolder, c
                                   train_args.data_order_seed(), rows_needed=_rows_needed(config, dist))
     tokenized = prepare_stratum_sources(loaded.model, examples, tokenized, loaded.tokenizer, loaded.kind, config,
                                         fit=checkpoint is None, say=say)
-    trainer = build_trainer(config, examples, loaded, tokenized, folder, dist)
+    if parallelism.choice in SHARDED:  # before the Trainer, which then leaves the sharded model alone
+        shard_model(loaded.model, parallelism, loaded.device, train_args.fsdp_cpu_offload)
+    trainer = build_trainer(config, examples, loaded, tokenized, folder, dist, parallelism.record())
     progress["training"] = True
     train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     if trainer.nan_guard.divergence is not None:
@@ -131,10 +139,12 @@ def _train_in_folder(config: RunConfig, examples: Examples, folder: RunFolder, c
         "eval": final_metrics,
         "task_eval": trainer.task_eval_details(),
         "run": {**_run_summary(config, examples, loaded, tokenized, dist),
-                "throughput": trainer.throughput_summary(), "telemetry": trainer.telemetry_summary()},
+                "throughput": trainer.throughput_summary(), "telemetry": trainer.telemetry_summary(),
+                "parallelism": parallelism.record(trainer.model_wrapped)},
     }
+    state_dict = full_state_dict(trainer.model)  # every rank: gathering a sharded model's weights is a collective
     if dist.is_main:
-        save_final(trainer, loaded, folder, model_args)
+        save_final(trainer, loaded, folder, model_args, state_dict=state_dict)
         folder.write_metrics(metrics)
         trainer.run_board.finish(run_hparams(config, metrics["run"]), hparams_metrics(metrics), trainer.state.global_step)
         _report(say, metrics, folder)
@@ -175,7 +185,7 @@ def refuse_vision_data(config: RunConfig) -> None:
 
 
 def build_trainer(config: RunConfig, examples: Examples, loaded: LoadedModel, tokenized, folder: RunFolder,
-                  dist: DistInfo) -> StrataTrainer:
+                  dist: DistInfo, parallelism: dict[str, Any] | None = None) -> StrataTrainer:
     t = config.train
     has_eval = tokenized.eval is not None and len(tokenized.eval) > 0
     derived = derived_fields(t, output_dir=str(folder.checkpoints), precision=loaded.precision, device=loaded.device,
@@ -191,7 +201,7 @@ def build_trainer(config: RunConfig, examples: Examples, loaded: LoadedModel, to
             for source in examples.evals
         ]
     board = RunBoard.open(folder.tensorboard, dist.is_main)  # one event file; closed by board.finish
-    callbacks = board.callbacks(*run_metadata(config, examples, loaded, dist)) if dist.is_main else []
+    callbacks = board.callbacks(*run_metadata(config, examples, loaded, dist, parallelism)) if dist.is_main else []
     if t.early_stopping_patience is not None:
         if t.metric_for_best_model is None:
             raise StrataError("--early_stopping_patience needs --metric_for_best_model (e.g. eval_accuracy)")

@@ -8,6 +8,7 @@ resume, DDP) is Trainer's.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -81,6 +82,17 @@ class StrataTrainer(Trainer):
             non_pad, loss_tokens, seq_len = counts  # lm_head_positions
             self.throughput.observe(non_pad, loss_tokens, self.lm_head_positions, seq_len)
         return loss
+
+    @contextlib.contextmanager
+    def _defer_fsdp_gradient_reduction(self):
+        # Trainer 5.24's own version (used for a model marked as sharded, see training/parallel.py) reads
+        # model.config.distributed_config, which only from_pretrained(distributed_config=...) sets: hold every
+        # reduction (HSDP's all-reduce too) until the last micro-batch of the accumulation window.
+        self.model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            self.model.set_requires_gradient_sync(True)
 
     # --- logging ----------------------------------------------------------------------------
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
