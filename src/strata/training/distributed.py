@@ -1,4 +1,8 @@
-"""Process-group facts for torchrun/accelerate launches (DDP on gloo or NCCL)."""
+"""Process-group facts for torchrun/accelerate launches (DDP on gloo or NCCL), on one node or several.
+
+Rank 0 of the whole job (``RANK``, not ``LOCAL_RANK``) is the main process: it alone chooses and writes the
+run folder, so a multi-node run writes one folder, on a file system every node sees.
+"""
 
 from __future__ import annotations
 
@@ -14,20 +18,28 @@ from typing import Any
 class DistInfo:
     rank: int
     world_size: int
+    local_world_size: int = 1  # processes on this node (torchrun's LOCAL_WORLD_SIZE)
 
     @property
     def is_main(self) -> bool:
-        return self.rank == 0
+        return self.rank == 0  # the global rank: each node has its own local rank 0
+
+    @property
+    def nodes(self) -> int:
+        """Nodes in the job; torchrun gives every node the same --nproc_per_node."""
+        return max(1, self.world_size // max(1, self.local_world_size))
 
 
 def dist_info() -> DistInfo:
-    """Rank and world size from the launcher's environment (torchrun sets RANK/WORLD_SIZE).
+    """Rank, world size and processes per node from the launcher's environment (torchrun sets all three).
 
     Read from the environment, not from accelerate's ``PartialState``: the first ``PartialState()`` starts
     the process group with accelerate's default backend, before ``start_process_group`` can apply
     ``--ddp_backend`` (and a refused flag must fail before any group exists).
     """
-    return DistInfo(rank=int(os.environ.get("RANK", 0)), world_size=int(os.environ.get("WORLD_SIZE", 1)))
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    return DistInfo(rank=int(os.environ.get("RANK", 0)), world_size=world,
+                    local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", world)))
 
 
 def start_process_group(backend: str | None, cpu: bool) -> str:

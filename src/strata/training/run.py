@@ -229,7 +229,7 @@ def _run_summary(config: RunConfig, examples: Examples, loaded: LoadedModel, tok
         "attention_requested": loaded.attn_requested, "attention_fallback": loaded.attn_fallback,
         "quantization": quantization_record(loaded.quantization),
         "device": loaded.device, "precision": loaded.precision, "precision_as_run": loaded.precision_description,
-        "world_size": dist.world_size, "process_group_backend": process_group_backend(),
+        "world_size": dist.world_size, "nodes": dist.nodes, "process_group_backend": process_group_backend(),
         "token_budget": token_budget(config, dist.world_size),
         # A stream's rows are the ones the steps read (max_steps x global batch); its loss tokens are not counted ahead.
         "train_rows": _rows_needed(config, dist) if examples.streaming else len(tokenized.train),
