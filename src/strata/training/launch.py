@@ -97,7 +97,7 @@ def check_launcher_environment(config: RunConfig) -> None:
     exported by each of its launchers and by nothing in-process, so it marks a worker of ``accelerate launch``
     (the Accelerator itself sets ACCELERATE_USE_FSDP in-process when given a plugin, which must not count).
 
-    * With ``--cpu`` (or on a machine without GPUs) and ``--num_processes N`` accelerate starts the script once,
+    * With ``--cpu`` (or fewer than 2 GPUs) and ``--num_processes N`` accelerate starts the script once,
       unless mpirun is set up; it then exports MASTER_ADDR/MASTER_PORT (only for N > 1 or several machines)
       and ACCELERATE_USE_CPU (only its single-process launcher does), but no WORLD_SIZE.
     * A config with ``distributed_type: FSDP`` exports ACCELERATE_USE_FSDP: the Trainer would build accelerate's
@@ -120,11 +120,11 @@ def check_launcher_environment(config: RunConfig) -> None:
                           "MULTI_GPU config or torchrun")
     if _true(env.get("ACCELERATE_USE_DEEPSPEED")):
         raise StrataError("this accelerate config uses DeepSpeed (ACCELERATE_USE_DEEPSPEED=true), which Strata does not "
-                          "run (final/ would be one rank's shard); use a MULTI_GPU config, torchrun or --multi_gpu")
+                          "run (final/ would not be gathered); use a MULTI_GPU config, torchrun or --multi_gpu")
     if "WORLD_SIZE" not in env and "ACCELERATE_USE_CPU" in env and "MASTER_PORT" in env:
         asked = _accelerate_num_processes()
         raise StrataError(f"accelerate launch started 1 process, not the {asked or 'several'} asked for (with --cpu, "
-                          "or without GPUs, it runs the script once); for N CPU workers run accelerate launch "
+                          "or with fewer than 2 GPUs, it runs the script once); for N CPU workers run accelerate launch "
                           "--multi_gpu --num_processes N train.py --device cpu ..., or torchrun --nproc_per_node N "
                           "train.py --device cpu ...")
     _check_accelerate_precision(env["ACCELERATE_MIXED_PRECISION"], config)
