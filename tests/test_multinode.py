@@ -13,10 +13,14 @@ import socket
 import subprocess
 import sys
 
+import accelerate.utils
 import pytest
 import torch
 from conftest import REPO_ROOT
 from helpers import final_weights, max_weight_diff, metrics, only_run, run_strata
+
+from strata.errors import StrataError
+from strata.training.distributed import DistInfo, check_shared_folder
 
 pytestmark = pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
                                 reason="gloo backend unavailable")
@@ -69,3 +73,13 @@ def test_two_nodes_write_one_run_folder_and_train_like_one_process(tmp_path):
     assert run_strata("train", *COMMON, "--per_device_train_batch_size", "4", "--runs_dir", tmp_path / "one") == 0
     diff = max_weight_diff(final_weights(run), final_weights(only_run(tmp_path / "one")))
     assert diff <= 1e-5, diff
+
+
+def test_a_rank_that_cannot_see_the_run_folder_stops_every_rank(tmp_path, monkeypatch):
+    # Nodes without a shared --runs_dir: what the all-gather brings back when rank 1 sees no folder (the gather
+    # itself runs in the 2-node test above, where both ranks see it).
+    monkeypatch.setattr(accelerate.utils, "gather_object", lambda items: [*items, (1, (tmp_path / "no").is_dir())])
+    with pytest.raises(StrataError, match=r"rank 1 of 2 cannot see the run folder .* every node shares"):
+        check_shared_folder(tmp_path, DistInfo(rank=0, world_size=2, local_world_size=1))
+    monkeypatch.setattr(accelerate.utils, "gather_object", lambda items: [*items, (1, True)])
+    check_shared_folder(tmp_path, DistInfo(rank=0, world_size=2, local_world_size=1))

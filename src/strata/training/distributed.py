@@ -11,7 +11,10 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from strata.errors import StrataError
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,25 @@ def broadcast_object(value: Any, dist: DistInfo) -> Any:
     from accelerate.utils import broadcast_object_list
 
     return broadcast_object_list([value], from_process=0)[0]
+
+
+def check_shared_folder(root: Path, dist: DistInfo) -> None:
+    """Every rank must see the run folder rank 0 created (all ranks call; all raise together).
+
+    On several nodes ``--runs_dir`` must be a file system they share: a resume reads the checkpoint on every
+    rank, and a rank that cannot see the folder would write a stray copy of the parts it writes itself (the
+    trained tokenizer). accelerate's ``gather_object`` (all_gather_object) so that no rank trains on alone.
+    """
+    if dist.world_size == 1:
+        return
+    from accelerate.utils import gather_object
+
+    seen = gather_object([(dist.rank, root.is_dir())])
+    blind = [rank for rank, sees in seen if not sees]
+    if blind:
+        raise StrataError(f"rank{'s' if len(blind) > 1 else ''} {', '.join(map(str, blind))} of {dist.world_size} "
+                          f"cannot see the run folder {root} that rank 0 created; on several nodes put --runs_dir "
+                          "(or --output_dir) on a file system every node shares")
 
 
 def watch_launcher(poll_seconds: float = 1.0) -> threading.Thread | None:

@@ -24,6 +24,7 @@ from strata.models.quantization import check_quantization_flags, quantization_re
 from strata.training.arguments import RunConfig, derived_fields, finish, resolved_learning_rate
 from strata.training.distributed import (
     DistInfo,
+    check_shared_folder,
     dist_info,
     process_group_backend,
     start_process_group,
@@ -83,6 +84,7 @@ def train(config: RunConfig) -> RunResult:
         log_handler = folder.attach_log_file()
     progress = {"training": False}
     try:
+        check_shared_folder(folder.root, dist)
         return _train_in_folder(config, examples, folder, checkpoint, dist, say, mirror, progress)
     except BaseException:
         # Failed before training began (a bad flag found at model load, say): leave nothing behind, so the
