@@ -124,11 +124,11 @@ def describe_environment() -> str:
 def parallelism_line(model: str, devices: int, nodes: int, device_memory: float | None, lora: bool,
                      device_type: str | None) -> str:
     """What ``--parallelism auto`` would run for ``model`` on ``devices`` (and why)."""
-    from strata.training.parallel import choose_parallelism
     from strata.models.arguments import ModelArguments
     from strata.models.catalog import preset_config
     from strata.models.plan import architecture_kind, config_from_flags, count_parameters_from_config
     from strata.models.presets import get_preset
+    from strata.training.parallel import choose_parallelism
 
     preset = get_preset(model)  # at its tokenizer's vocabulary, as `strata models` counts it
     config = preset_config(preset) if preset is not None else \

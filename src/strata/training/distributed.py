@@ -1,4 +1,8 @@
-"""Process-group facts for torchrun/accelerate launches (DDP on gloo or NCCL)."""
+"""Process-group facts for torchrun/accelerate launches (DDP on gloo or NCCL), on one node or several.
+
+Rank 0 of the whole job (``RANK``, not ``LOCAL_RANK``) is the main process: it alone chooses and writes the
+run folder, so a multi-node run writes one folder, on a file system every node sees.
+"""
 
 from __future__ import annotations
 
@@ -7,27 +11,38 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from strata.errors import StrataError
 
 
 @dataclass(frozen=True)
 class DistInfo:
     rank: int
     world_size: int
+    local_world_size: int = 1  # processes on this node (torchrun's LOCAL_WORLD_SIZE)
 
     @property
     def is_main(self) -> bool:
-        return self.rank == 0
+        return self.rank == 0  # the global rank: each node has its own local rank 0
+
+    @property
+    def nodes(self) -> int:
+        """Nodes in the job; torchrun gives every node the same --nproc_per_node."""
+        return max(1, self.world_size // max(1, self.local_world_size))
 
 
 def dist_info() -> DistInfo:
-    """Rank and world size from the launcher's environment (torchrun sets RANK/WORLD_SIZE).
+    """Rank, world size and processes per node from the launcher's environment (torchrun sets all three).
 
     Read from the environment, not from accelerate's ``PartialState``: the first ``PartialState()`` starts
     the process group with accelerate's default backend, before ``start_process_group`` can apply
     ``--ddp_backend`` (and a refused flag must fail before any group exists).
     """
-    return DistInfo(rank=int(os.environ.get("RANK", 0)), world_size=int(os.environ.get("WORLD_SIZE", 1)))
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    return DistInfo(rank=int(os.environ.get("RANK", 0)), world_size=world,
+                    local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", world)))
 
 
 def start_process_group(backend: str | None, cpu: bool) -> str:
@@ -63,6 +78,25 @@ def broadcast_object(value: Any, dist: DistInfo) -> Any:
     from accelerate.utils import broadcast_object_list
 
     return broadcast_object_list([value], from_process=0)[0]
+
+
+def check_shared_folder(root: Path, dist: DistInfo) -> None:
+    """Every rank must see the run folder rank 0 created (all ranks call; all raise together).
+
+    On several nodes ``--runs_dir`` must be a file system they share: a resume reads the checkpoint on every
+    rank, and a rank that cannot see the folder would write a stray copy of the parts it writes itself (the
+    trained tokenizer). accelerate's ``gather_object`` (all_gather_object) so that no rank trains on alone.
+    """
+    if dist.world_size == 1:
+        return
+    from accelerate.utils import gather_object
+
+    seen = gather_object([(dist.rank, root.is_dir())])
+    blind = [rank for rank, sees in seen if not sees]
+    if blind:
+        raise StrataError(f"rank{'s' if len(blind) > 1 else ''} {', '.join(map(str, blind))} of {dist.world_size} "
+                          f"cannot see the run folder {root} that rank 0 created; on several nodes put --runs_dir "
+                          "(or --output_dir) on a file system every node shares")
 
 
 def watch_launcher(poll_seconds: float = 1.0) -> threading.Thread | None:

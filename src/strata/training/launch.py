@@ -6,6 +6,10 @@ GPU and waits; this process creates no run folder and returns the workers' exit 
 ``python -m torch.distributed.launch``) ``--multi_gpu`` only checks that the launch has 2 or more processes.
 ``--device cpu --nproc_per_node N`` starts N CPU workers on gloo, so the path is exercised without GPUs.
 
+``accelerate launch`` is checked too (its environment variables, the only trace it leaves in the worker): a
+request for N processes that its launcher turned into one process, an accelerate FSDP or DeepSpeed config,
+and a ``mixed_precision`` that disagrees with ``--precision`` are refused instead of being run otherwise.
+
 Everything here runs before the data or a model is touched, and a refusal is one line (StrataError).
 """
 
@@ -38,6 +42,7 @@ def plan_launch(config: RunConfig) -> int | None:
     CUDA, --multi_gpu with fewer than 2 processes or GPUs, --nproc_per_node without --multi_gpu.
     """
     t, device = config.train, config.model.device
+    check_launcher_environment(config)
     world = int(os.environ.get("WORLD_SIZE", 1))
     launched = under_launcher()
     if t.nproc_per_node is not None and not t.multi_gpu:
@@ -80,6 +85,84 @@ def plan_launch(config: RunConfig) -> int | None:
         raise StrataError(f"--nproc_per_node {nproc} asks for more workers than the {gpus} visible GPUs (one worker "
                           "per GPU); pass at most that many")
     return nproc
+
+
+MPI_WORLD_SIZE = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")  # what accelerate's state reads
+
+
+def check_launcher_environment(config: RunConfig) -> None:
+    """Refuse a launch whose environment asks for something this run would not do.
+
+    ``accelerate launch`` leaves its settings only as environment variables; ACCELERATE_MIXED_PRECISION is
+    exported by each of its launchers and by nothing in-process, so it marks a worker of ``accelerate launch``
+    (the Accelerator itself sets ACCELERATE_USE_FSDP in-process when given a plugin, which must not count).
+
+    * With ``--cpu`` (or fewer than 2 GPUs) and ``--num_processes N`` accelerate starts the script once,
+      unless mpirun is set up; it then exports MASTER_ADDR/MASTER_PORT (only for N > 1 or several machines)
+      and ACCELERATE_USE_CPU (only its single-process launcher does), but no WORLD_SIZE.
+    * A config with ``distributed_type: FSDP`` exports ACCELERATE_USE_FSDP: the Trainer would build accelerate's
+      FSDP plugin from it on GPUs (and final/ is saved without a gathered state dict) and run plain DDP on CPU
+      (accelerate turns FSDP on only for GPU-type setups); DeepSpeed likewise.
+    * ACCELERATE_MIXED_PRECISION becomes TrainingArguments.mixed_precision whenever --precision is fp32.
+    """
+    env = os.environ
+    if "WORLD_SIZE" not in env:
+        mpi = next((f"{name}={env[name]}" for name in MPI_WORLD_SIZE if env.get(name, "1") != "1"), None)
+        if mpi is not None:
+            raise StrataError(f"this process was started by mpirun ({mpi}), and Strata reads torchrun's RANK/"
+                              "WORLD_SIZE: every process would train alone; launch with torchrun --nproc_per_node N "
+                              "(or accelerate launch --multi_gpu --num_processes N) instead")
+    if "ACCELERATE_MIXED_PRECISION" not in env:  # not a worker of accelerate launch
+        return
+    if _true(env.get("ACCELERATE_USE_FSDP")):
+        raise StrataError("this accelerate config has distributed_type: FSDP (ACCELERATE_USE_FSDP=true), which Strata "
+                          "does not run (DDP on CPU, final/ not gathered on GPU); use --parallelism fsdp with a "
+                          "MULTI_GPU config or torchrun")
+    if _true(env.get("ACCELERATE_USE_DEEPSPEED")):
+        raise StrataError("this accelerate config uses DeepSpeed (ACCELERATE_USE_DEEPSPEED=true), which Strata does not "
+                          "run (final/ would not be gathered); use a MULTI_GPU config, torchrun or --multi_gpu")
+    if "WORLD_SIZE" not in env and "ACCELERATE_USE_CPU" in env and "MASTER_PORT" in env:
+        asked = _accelerate_num_processes()
+        raise StrataError(f"accelerate launch started 1 process, not the {asked or 'several'} asked for (with --cpu, "
+                          "or with fewer than 2 GPUs, it runs the script once); for N CPU workers run accelerate launch "
+                          "--multi_gpu --num_processes N train.py --device cpu ..., or torchrun --nproc_per_node N "
+                          "train.py --device cpu ...")
+    _check_accelerate_precision(env["ACCELERATE_MIXED_PRECISION"], config)
+
+
+def _check_accelerate_precision(mixed: str, config: RunConfig) -> None:
+    if mixed == "no":
+        return
+    from strata.models.device import resolve_device, resolve_precision
+
+    precision = resolve_precision(config.model.precision, resolve_device(config.model.device))
+    if precision != mixed:
+        raise StrataError(f"accelerate launch asks for mixed_precision {mixed} (its config or --mixed_precision) and "
+                          f"this run's precision is {precision}; --precision decides: pass --precision {mixed}, or set "
+                          "mixed_precision: no for accelerate")
+
+
+def _true(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes")
+
+
+def _accelerate_num_processes() -> str | None:
+    """--num_processes from the parent ``accelerate launch`` command line, for the refusal's wording only."""
+    try:
+        import psutil  # a dependency of accelerate
+    except ImportError:
+        return None
+    try:
+        argv = psutil.Process(os.getppid()).cmdline()
+    except psutil.Error:  # the parent is gone or not readable: the line says "several"
+        return None
+    for i, arg in enumerate(argv):
+        for spelling in ("--num_processes", "--num-processes"):
+            if arg == spelling and i + 1 < len(argv):
+                return argv[i + 1]
+            if arg.startswith(spelling + "="):
+                return arg.split("=", 1)[1]
+    return None
 
 
 def _check_nccl(device: str) -> None:

@@ -24,6 +24,7 @@ from strata.models.quantization import check_quantization_flags, quantization_re
 from strata.training.arguments import RunConfig, derived_fields, finish, resolved_learning_rate
 from strata.training.distributed import (
     DistInfo,
+    check_shared_folder,
     dist_info,
     process_group_backend,
     start_process_group,
@@ -87,6 +88,7 @@ def train(config: RunConfig) -> RunResult:
         log_handler = folder.attach_log_file()
     progress = {"training": False}
     try:
+        check_shared_folder(folder.root, dist)
         return _train_in_folder(config, examples, folder, checkpoint, dist, say, mirror, progress, parallelism)
     except BaseException:
         # Failed before training began (a bad flag found at model load, say): leave nothing behind, so the
@@ -239,7 +241,7 @@ def _run_summary(config: RunConfig, examples: Examples, loaded: LoadedModel, tok
         "attention_requested": loaded.attn_requested, "attention_fallback": loaded.attn_fallback,
         "quantization": quantization_record(loaded.quantization),
         "device": loaded.device, "precision": loaded.precision, "precision_as_run": loaded.precision_description,
-        "world_size": dist.world_size, "process_group_backend": process_group_backend(),
+        "world_size": dist.world_size, "nodes": dist.nodes, "process_group_backend": process_group_backend(),
         "token_budget": token_budget(config, dist.world_size),
         # A stream's rows are the ones the steps read (max_steps x global batch); its loss tokens are not counted ahead.
         "train_rows": _rows_needed(config, dist) if examples.streaming else len(tokenized.train),
