@@ -88,7 +88,7 @@ def train_and_capture(monkeypatch: pytest.MonkeyPatch, *args: str) -> dict:
     seen: dict = {}
     original = run_module.save_final
 
-    def spy(trainer, loaded, folder, model_args):
+    def spy(trainer, loaded, folder, model_args, **kwargs):
         model = trainer.accelerator.unwrap_model(trainer.model)
         seen["kind"] = loaded.kind
         seen["logits"] = _logits(model, loaded.kind)
@@ -97,7 +97,7 @@ def train_and_capture(monkeypatch: pytest.MonkeyPatch, *args: str) -> dict:
                 seen["base_logits"] = _logits(model, loaded.kind)
         if model_args.merge_lora:  # peft's merge of a copy: what merged/ should hold
             seen["merged_logits"] = _logits(copy.deepcopy(model).merge_and_unload(), loaded.kind)
-        return original(trainer, loaded, folder, model_args)
+        return original(trainer, loaded, folder, model_args, **kwargs)
 
     monkeypatch.setattr(run_module, "save_final", spy)
     monkeypatch.setattr(rl_module, "save_final", spy)  # the RL recipe imports save_final from training/finalize.py

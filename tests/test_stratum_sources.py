@@ -73,11 +73,11 @@ def test_fitted_sources_are_fitted_before_training_and_reload_identically(tmp_pa
     trained: dict[str, object] = {}
     save_final = run_module.save_final
 
-    def record_final(trainer, loaded, folder, model_args):
+    def record_final(trainer, loaded, folder, model_args, **kwargs):
         model = trainer.accelerator.unwrap_model(trainer.model).eval()
         batch = trainer.data_collator([trainer.train_dataset[i] for i in range(8)])
         trained.update(batch=batch, strata=_strata(model, batch))
-        save_final(trainer, loaded, folder, model_args)
+        save_final(trainer, loaded, folder, model_args, **kwargs)
 
     monkeypatch.setattr(routers, "capture_router_inputs", record_fit)
     monkeypatch.setattr(run_module, "save_final", record_final)
