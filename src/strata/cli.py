@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from strata.errors import StrataError
+from strata.errors import StrataError, parse_or_refuse
 
 USAGE = """usage: strata <command> [flags]
 
@@ -120,12 +120,7 @@ def _models_fit_flags(argv: list[str]) -> dict:
     parser.add_argument("--length", type=int, default=2048)
     parser.add_argument("--gradient_checkpointing", action="store_true")
     parser.add_argument("--lora_r", type=int, default=16)
-    try:
-        args, extra = parser.parse_known_args(argv)
-    except argparse.ArgumentError as error:
-        raise StrataError(f"{error}; {usage}") from error
-    if extra:
-        raise StrataError(f"unknown argument {extra[0]!r}; {usage}")
+    args = parse_or_refuse(parser, argv, usage)
     if args.fit is None:
         raise StrataError(f"--length, --gradient_checkpointing and --lora_r go with --fit MEMORY; {usage}")
     if args.length < 1 or args.lora_r < 1:

@@ -16,7 +16,7 @@ from importlib import metadata
 
 import torch
 
-from strata.errors import StrataError
+from strata.errors import StrataError, parse_or_refuse
 
 USAGE = ("usage: strata env [--model M --devices N [--nodes K] [--device_memory GIB] [--use_lora] "
          "[--device_type cuda|cpu]]")
@@ -43,12 +43,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--device_memory", type=float, help="one device's memory in GB (default: this machine's)")
     parser.add_argument("--device_type", choices=("cuda", "cpu"), default=None)
     parser.add_argument("--use_lora", action="store_true")
-    try:
-        args, extra = parser.parse_known_args(argv)
-    except argparse.ArgumentError as error:
-        raise StrataError(f"{error}; {USAGE}") from error
-    if extra:
-        raise StrataError(f"unknown argument {extra[0]!r}; {USAGE}")
+    args = parse_or_refuse(parser, argv, USAGE)
     given = [name for name in ("devices", "device_memory", "device_type") if getattr(args, name) is not None]
     if args.model is None and (given or args.nodes != 1 or args.use_lora):
         raise StrataError(f"--{(given or ['nodes'])[0]} says what --parallelism auto would choose for a model: "
