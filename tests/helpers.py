@@ -46,3 +46,12 @@ def grpo_args(output_dir, **fields):
     defaults = dict(output_dir=str(output_dir), use_cpu=True, bf16=False, report_to=[], logging_steps=1,
                     save_strategy="no", max_steps=1)
     return StrataGRPOConfig(**{**defaults, **fields})
+
+
+def run_events(run: Path):
+    """The run's TensorBoard events as tensorboard itself reads them (every scalar and tensor kept)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0})
+    events.Reload()
+    return events

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import HUB_MIRROR
-from helpers import FAST, final_weights, max_weight_diff, only_run, run_strata
+from helpers import FAST, final_weights, max_weight_diff, only_run, run_events, run_strata
 
 
 def _last_state(run: Path) -> dict:
@@ -24,8 +24,6 @@ def _eval_entries(state: dict, metric: str) -> list[dict]:
 
 
 def test_early_stopping_on_eval_accuracy(tmp_path):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     runs = tmp_path / "runs"
     # Learning rate 0: every evaluation scores the same accuracy, so patience 1 stops after the 2nd one
     # (step 4). Without eval_accuracy in on_evaluate's metrics the run goes on to step 12. --eval_loss asks
@@ -43,8 +41,7 @@ def test_early_stopping_on_eval_accuracy(tmp_path):
     assert all("eval_loss" in e and "eval_macro_f1" in e for e in evals)
     assert len(_eval_entries(state, "eval_loss")) == 2
     # TensorBoard: each evaluation written once (steps 2, 4, and the final evaluation at step 4).
-    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})
-    events.Reload()
+    events = run_events(run)
     assert [e.step for e in events.Scalars("eval/accuracy")] == [2, 4, 4]
     assert [e.step for e in events.Scalars("eval/loss")] == [2, 4, 4]
 

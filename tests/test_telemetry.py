@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import REPO_ROOT
-from helpers import FAST, metrics, only_run, run_strata
+from helpers import FAST, metrics, only_run, run_events, run_strata
 
 from strata.training.telemetry import DeviceTelemetry, memory_snapshot
 
@@ -74,14 +74,11 @@ def _tokens_per_rank(run: Path, argv: list[str], world_size: int, batch: int, st
 
 
 def test_train_writes_telemetry_to_tensorboard_and_metrics(tmp_path, monkeypatch):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     monkeypatch.setenv("STRATA_CACHE", str(tmp_path / "cache"))
     runs = tmp_path / "runs"
     assert run_strata("train", *FAST, "--max_steps", "4", "--logging_steps", "2", "--runs_dir", runs) == 0
     run = only_run(runs)
-    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})
-    events.Reload()
+    events = run_events(run)
     scalars = set(events.Tags()["scalars"])
     for tag in ("train/device0/memory_allocated_mb", "train/device0/memory_reserved_mb", "train/device0/peak_mb",
                 "train/device0/tokens_per_second", "train/tokens_per_second_total"):
@@ -189,8 +186,6 @@ def _free_port() -> int:
 @pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
                     reason="gloo backend unavailable")
 def test_two_process_total_is_the_sum_of_each_ranks_tokens(tmp_path):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "error::FutureWarning",
            "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
     for name in ("WORLD_SIZE", "LOCAL_WORLD_SIZE", "RANK", "LOCAL_RANK", "TORCHELASTIC_RUN_ID", "MASTER_PORT"):
@@ -213,8 +208,7 @@ def test_two_process_total_is_the_sum_of_each_ranks_tokens(tmp_path):
     # Trainer gathers its own count across ranks (num_input_tokens_seen); the meter's all_reduce is a third path.
     assert sum(per_rank) == telemetry["tokens_total"] == result["train"]["num_input_tokens_seen"]
     assert telemetry["tokens_total"] == result["run"]["throughput"]["tokens"]
-    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})
-    events.Reload()
+    events = run_events(run)
     scalars = set(events.Tags()["scalars"])
     for rank in (0, 1):
         for name in ("memory_allocated_mb", "peak_mb", "tokens_per_second"):

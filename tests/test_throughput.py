@@ -8,7 +8,7 @@ import time
 
 import pytest
 import torch
-from helpers import FAST, metrics, only_run, run_strata
+from helpers import FAST, metrics, only_run, run_events, run_strata
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, MixtralConfig
 
 from strata.training import throughput
@@ -143,14 +143,11 @@ def test_mfu_not_reported_for_quantized_moe_and_seq2seq(tmp_path, monkeypatch, c
 
 
 def test_train_logs_mfu_to_tensorboard_and_metrics(tmp_path, monkeypatch):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     monkeypatch.setenv("STRATA_CACHE", str(tmp_path / "cache"))
     runs = tmp_path / "runs"
     assert run_strata("train", *FAST, "--max_steps", "5", "--logging_steps", "2", "--runs_dir", runs) == 0
     run = only_run(runs)
-    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})
-    events.Reload()
+    events = run_events(run)
     scalars = set(events.Tags()["scalars"])
     for tag in ("train/mfu", "train/loss_tokens_per_second", "train/tokens_per_second"):
         assert tag in scalars, (tag, sorted(scalars))
