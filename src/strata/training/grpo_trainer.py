@@ -1,6 +1,7 @@
-"""TRL's ``GRPOTrainer`` as Strata runs it: an in-memory KL reference and ``--data_seed`` prompt order.
+"""TRL's ``GRPOTrainer`` as Strata runs it: an in-memory KL reference, ``--data_seed`` prompt order, and the
+text recipe's tokens/s and device telemetry (``MeteredTraining``; what a step's tokens are: ``step_tokens``).
 
-Both fill gaps of TRL 1.16's public API and are kept here, small and checked, so a TRL upgrade that
+The first two fill gaps of TRL 1.16's public API and are kept here, small and checked, so a TRL upgrade that
 moves them fails loudly (tests/test_rl_flags.py) instead of silently training against the wrong
 reference or order.
 """
@@ -79,7 +80,30 @@ def grpo_trainer_class() -> type:
     """``GRPOTrainer`` whose train/eval prompt order follows ``args.data_seed`` (else ``args.seed``)."""
     from trl import GRPOTrainer
 
-    class StrataGRPOTrainer(GRPOTrainer):
+    from strata.training.telemetry import MeteredTraining
+
+    class StrataGRPOTrainer(MeteredTraining, GRPOTrainer):
+        mfu_not_reported = ("MFU is not reported for GRPO: generation runs forward only, token by token, and the "
+                            "reference/old-policy forwards come on top, so the training FLOPs per counted token are "
+                            "not the work done (tokens/s still are)")
+
+        def step_tokens(self, inputs: dict[str, Any]) -> tuple[int, int] | None:
+            """(prompt + completion tokens, completion tokens) of one training micro-batch, as the policy's
+            training forward sees them: ``prompt_mask`` + ``completion_mask`` are its attention mask, so left
+            padding and everything after a completion's EOS are not counted. Each training pass counts (with
+            ``num_iterations`` > 1 a generation is counted once per pass); generation itself and the reference /
+            old-policy forwards over the same tokens are not counted again (their time is in the seconds).
+
+            TRL's own ``num_tokens`` (``state.num_input_tokens_seen``) is not reused: it is the sum over all
+            processes, counted once per generation, so it has no per-device split; with ``num_iterations=1`` and
+            no ``mask_truncated_completions`` (Strata's defaults) the two totals are equal, which the tests check.
+            """
+            prompt, completion = inputs.get("prompt_mask"), inputs.get("completion_mask")
+            if prompt is None or completion is None:
+                return None
+            loss = completion if inputs.get("tool_mask") is None else completion * inputs["tool_mask"]
+            return int(prompt.sum()) + int(completion.sum()), int(loss.sum())
+
         def _get_train_sampler(self, dataset: Any = None) -> Any:
             return _seeded_sampler(super()._get_train_sampler(dataset), self.args.data_seed)
 

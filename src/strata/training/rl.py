@@ -258,5 +258,8 @@ def _rl_metrics(trainer: Any, guard: Any, train_output: Any, final_eval: dict[st
             "world_size": dist.world_size,
             "process_group_backend": process_group_backend(),
             "train_rows": len(examples.train),
+            # all ranks call (collectives); throughput first: it counts the steps after the last log
+            "throughput": trainer.throughput_summary(),
+            "telemetry": trainer.telemetry_summary(),
         },
     }

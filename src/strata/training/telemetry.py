@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from strata.training.throughput import ThroughputMeter, batch_counts
+
 MB = 2**20
 # One row per rank in the gathered tensor: tokens, seconds, then the memory fields in this order.
 MEMORY_FIELDS = ("memory_allocated_mb", "memory_reserved_mb", "peak_mb")
@@ -120,3 +122,79 @@ class DeviceTelemetry:
         if train_batch_size is not None:  # what ran: --auto_find_batch_size may have lowered the request
             out["per_device_train_batch_size_used"] = train_batch_size
         return out
+
+
+class MeteredTraining:
+    """Tokens/s and device telemetry for the Trainer subclasses that are not ``StrataTrainer`` (TRL's GRPO trainer,
+    the vision recipe's Trainer): the same log entries and metrics.json blocks, from the same meter.
+
+    Mix in before the Trainer class. Tokens are counted from each training micro-batch *after*
+    ``_prepare_inputs``: GRPO generates its completions there, so only then do its token ids exist. No MFU: the
+    FLOP convention of throughput.py describes a forward + backward over the counted tokens, which neither
+    generation (forward only, token by token) nor a vision tower is.
+    """
+
+    throughput: ThroughputMeter | None = None
+    telemetry: DeviceTelemetry | None = None
+    mfu_not_reported = "MFU is not reported on this path: generation and vision towers are not the FLOPs counted"
+
+    def step_tokens(self, inputs: dict[str, Any]) -> tuple[int, int] | None:
+        """(real tokens, loss-bearing tokens) of one prepared training micro-batch; the text recipe's count."""
+        tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)  # a processor's own
+        counts = batch_counts(inputs, getattr(tokenizer, "pad_token_id", None), False)
+        return None if counts is None else (counts[0], counts[1])
+
+    def _prepare_inputs(self, inputs):
+        prepared = super()._prepare_inputs(inputs)
+        if self.throughput is not None and self.model.training:  # training_step calls model.train() first
+            counts = self.step_tokens(prepared)
+            if counts is not None:
+                self.throughput.observe(counts[0], counts[1], "all", 0.0)
+        return prepared
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self.throughput is not None:  # a training log, as in StrataTrainer.log
+            logs.update(self.throughput.close_window(self._sum_over_processes))
+            logs.update(self.telemetry.log_entries(*self.throughput.last_local, self._gather_rows))
+        super().log(logs, start_time)
+
+    def train(self, *args, **kwargs):
+        if self.throughput is None:  # before Trainer's on_train_begin, which starts the meter's clock
+            self.throughput = ThroughputMeter(None, None, self.mfu_not_reported, self.accelerator.num_processes)
+            self.add_callback(self.throughput)
+            self.telemetry = DeviceTelemetry(self.args.device, self.accelerator.num_processes)
+        return super().train(*args, **kwargs)
+
+    def _sum_over_processes(self, values: list[float]) -> list[float]:
+        return sum_over_processes(self.accelerator, self.args.device, values)
+
+    def _gather_rows(self, values: list[float]) -> list[list[float]]:
+        return gather_rows(self.accelerator, self.args.device, values)
+
+    def throughput_summary(self) -> dict[str, Any]:
+        """metrics.json ``run.throughput``: tokens, loss tokens and their rates over the run (all ranks call)."""
+        return self.throughput.summary(self._sum_over_processes) if self.throughput is not None else {}
+
+    def telemetry_summary(self) -> dict[str, Any]:
+        """metrics.json ``run.telemetry`` (all ranks call, after :meth:`throughput_summary`)."""
+        if self.telemetry is None or self.throughput is None:
+            return {}
+        ran = self.state.train_batch_size  # what the loop ran, per process (x the GPUs one process drives)
+        per_device = ran // max(1, self.args.n_gpu) if ran is not None else None
+        return self.telemetry.summary(*self.throughput.run_local, self._gather_rows, per_device)
+
+
+def sum_over_processes(accelerator: Any, device: torch.device, values: list[float]) -> list[float]:
+    """``values`` summed over every process (one all_reduce; itself with one process)."""
+    if accelerator.num_processes == 1:
+        return values
+    total = accelerator.reduce(torch.tensor(values, dtype=torch.float64, device=device), reduction="sum")
+    return [float(v) for v in total]
+
+
+def gather_rows(accelerator: Any, device: torch.device, values: list[float]) -> list[list[float]]:
+    """Every process's ``values``, in rank order (one all_gather)."""
+    local = torch.tensor([values], dtype=torch.float64, device=device)
+    if accelerator.num_processes == 1:
+        return local.tolist()
+    return accelerator.gather(local).cpu().tolist()

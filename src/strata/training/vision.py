@@ -1,9 +1,10 @@
 """The vision-language branch of ``strata train``: image datasets with a LLaVA-family model.
 
 Same run folder, same TrainingArguments and the same transformers ``Trainer`` as the text recipe
-(``training/run.py``); what differs is the data (one example per Q/A pair, the image kept), the collator (the
-processor makes ``pixel_values`` and expands ``<image>``) and evaluation (greedy generation with the image, scored by
-exact match and token F1 against the answer). The flags this path cannot honour are refused here, one line each.
+(``training/run.py``), with its tokens/s and device telemetry; what differs is the data (one example per Q/A pair,
+the image kept), the collator (the processor makes ``pixel_values`` and expands ``<image>``) and evaluation (greedy
+generation with the image, scored by exact match and token F1 against the answer). The flags this path cannot
+honour are refused here, one line each.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from strata.errors import RunFailed, StrataError
 from strata.evaluation.vision import evaluate_generation
 from strata.models import vision as vision_models
 from strata.training.arguments import RunConfig
+from strata.training.telemetry import MeteredTraining
 
 # Flags the vision path does not use: a value other than the default is refused with the reason.
 UNUSED_FLAGS: dict[str, str] = {
@@ -169,6 +171,15 @@ def _run_board(config: RunConfig, loaded, folder, tag: str):
     return board, board.callbacks(scalars, texts)
 
 
+class VisionTrainer(MeteredTraining, Trainer):
+    """transformers' Trainer with the text recipe's tokens/s and device telemetry. A step's tokens are its
+    attention mask's ones: the question and answer tokens and the ``<image>`` placeholders the processor expanded
+    (the language model's sequence; the vision tower's patches are not counted), padding not."""
+
+    mfu_not_reported = ("MFU is not reported on the vision path: the vision tower's FLOPs per image are not in "
+                        "the per-token count (tokens/s still are)")
+
+
 def _train_in(config: RunConfig, tag: str, train: VisionSplit, evaluation: VisionSplit, folder, say,
               progress: dict[str, bool]) -> dict:
     from strata.models.device import resolve_device, resolve_precision
@@ -195,11 +206,11 @@ def _train_in(config: RunConfig, tag: str, train: VisionSplit, evaluation: Visio
                   learning_rate=resolved_learning_rate(t.learning_rate, init))
     board, callbacks = _run_board(config, loaded, folder, tag)
     guard = NonFiniteGuard(policy=t.nan_policy, skip_limit=t.nan_skip_limit)  # a NaN loss stops (or skips)
-    trainer = Trainer(model=model, args=args,
-                      train_dataset=train.examples.map(lambda _: {"image_split": train.split}),
-                      eval_dataset=evaluation.examples.map(lambda _: {"image_split": evaluation.split}),
-                      data_collator=collator, processing_class=processor,
-                      callbacks=[guard, *callbacks])
+    trainer = VisionTrainer(model=model, args=args,
+                            train_dataset=train.examples.map(lambda _: {"image_split": train.split}),
+                            eval_dataset=evaluation.examples.map(lambda _: {"image_split": evaluation.split}),
+                            data_collator=collator, processing_class=processor,
+                            callbacks=[guard, *callbacks])
     collator.check_lengths(train)
     collator.check_lengths(evaluation)
     progress["training"] = True
@@ -215,11 +226,13 @@ def _train_in(config: RunConfig, tag: str, train: VisionSplit, evaluation: Visio
         raise RunFailed(f"the trained weights contain NaN/inf; nothing was written to {folder.final}")
     model.save_pretrained(folder.final)
     processor.save_pretrained(folder.final)
+    throughput = trainer.throughput_summary()  # before telemetry_summary: it counts the steps after the last log
     metrics = {"status": "completed", "train": dict(output.metrics), "eval": eval_metrics, "task_eval": generation,
                "run": {"tag": tag, "family": "qa (vision)",
                        "model_source": source, "total_parameters": total, "trainable_parameters": trainable,
                        "device": device, "precision": loaded.precision, "train_rows": len(train.examples),
-                       "eval_rows": len(evaluation.examples), "images_train": len(train.images)}}
+                       "eval_rows": len(evaluation.examples), "images_train": len(train.images),
+                       "throughput": throughput, "telemetry": trainer.telemetry_summary()}}
     folder.write_metrics(metrics)
     board.finish(run_hparams(config, metrics["run"]), hparams_metrics(metrics), trainer.state.global_step)
     say(f"final evaluation: eval_loss={eval_metrics.get('eval_loss', float('nan')):.4f}, "
