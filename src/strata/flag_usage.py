@@ -67,6 +67,8 @@ FLAG_MODES: dict[str, tuple[frozenset[str], str]] = {
     "stratified_type": (ALL, ""),
     "stratum_source": (ALL, ""),
     "match_params": (ALL, ""),
+    "match_params_to": (ALL, ""),
+    "match_flops_of": (TRAINER, "RL has no single --max_length to match FLOPs per token at; use --match_params"),
     # --- training
     "mode": (ALL, ""),
     "output_dir": (ALL, ""),

@@ -72,5 +72,16 @@ class ModelArguments:
     )
     match_params: bool = field(
         default=False,
-        metadata={"help": "Widen a dense stratified baseline's FFN to match the routing variant's parameters."},
+        metadata={"help": "Widen a dense stratified baseline's FFN to match a variant's parameters "
+                          "(--match_params_to, default routing)."},
+    )
+    match_params_to: str | None = field(
+        default=None,
+        metadata={"help": "With --match_params: the variant whose parameter count is matched: "
+                          "attention | routing | layers | moe (default routing)."},
+    )
+    match_flops_of: str | None = field(
+        default=None,
+        metadata={"help": "Widen a dense stratified baseline's FFN so that its training FLOPs per token at "
+                          "--max_length equal this variant's: attention | routing | layers | moe."},
     )

@@ -144,8 +144,9 @@ def count_parameters(model: PreTrainedModel) -> tuple[int, int]:
 
 def load_for_training(args: ModelArguments, mirror: str | None, *, train_texts: list[str] | None = None,
                       tokenizer_dir: Path | None = None, dropout: float | None = None,
-                      seed: int = 0, log=print) -> LoadedModel:
-    """The whole model path of ``strata train``: decide, check, report, then build."""
+                      seed: int = 0, max_length: int | None = None, log=print) -> LoadedModel:
+    """The whole model path of ``strata train``: decide, check, report, then build (``max_length``: the run's
+    --max_length, which --match_flops_of matches FLOPs at)."""
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
     attention = resolve_attention(args, device)
@@ -153,7 +154,7 @@ def load_for_training(args: ModelArguments, mirror: str | None, *, train_texts: 
         logger.warning("--use_flash_attention: %s; using %s attention instead", attention.fallback,
                        attention.implementation)
     tokenizer, tok_source = _training_tokenizer(args, mirror, train_texts, tokenizer_dir)
-    plan = plan_model(args, len(tokenizer), tokenizer, mirror, dropout=dropout)
+    plan = plan_model(args, len(tokenizer), tokenizer, mirror, dropout=dropout, max_length=max_length)
     quantization = check_quantization(args, plan, device, precision)
     size = describe_size(plan.num_params)
     if quantization is not None:

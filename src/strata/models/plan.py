@@ -28,8 +28,8 @@ from strata.models.presets import Preset, get_preset
 from strata.models.registration import register_strata_models
 
 logger = logging.getLogger(__name__)
-__all__ = ["ModelPlan", "architecture_kind", "auto_model_class", "check_architecture", "config_from_flags",
-           "count_parameters_from_config", "describe_size", "is_moe", "memory_estimate", "meta_model", "plan_model",
+__all__ = ["ModelPlan", "architecture_kind", "auto_model_class", "check_architecture", "check_matching_flags",
+           "config_from_flags", "count_parameters_from_config", "describe_size", "is_moe", "memory_estimate", "meta_model", "plan_model",
            "read_model_config", "resolve_model_source"]
 
 ENCODER_ONLY_TYPES = {
@@ -151,8 +151,10 @@ def config_from_flags(args: ModelArguments, mirror: str | None) -> PretrainedCon
 
 
 def check_architecture(args: ModelArguments, mirror: str | None, use_packing: bool = False) -> None:
-    """Refuse encoder-only models, and packing where it would leak, from the config alone (no data, no weights)."""
+    """Refuse encoder-only models, packing where it would leak, and impossible matching flags, from the config
+    alone (no data, no weights)."""
     config = config_from_flags(args, mirror)
+    check_matching_flags(args, config)
     if config is None:
         return
     kind = architecture_kind(config)
@@ -169,7 +171,9 @@ def check_architecture(args: ModelArguments, mirror: str | None, use_packing: bo
 
 
 def plan_model(args: ModelArguments, vocab_size: int, tokenizer: PreTrainedTokenizerBase,
-               mirror: str | None, dropout: float | None = None) -> ModelPlan:
+               mirror: str | None, dropout: float | None = None, max_length: int | None = None) -> ModelPlan:
+    """The plan for the flags; ``max_length`` (the run's --max_length) is the sequence length --match_flops_of
+    matches FLOPs per token at."""
     preset, path, init = resolve_model_source(args, mirror)
     special = {k: v for k, v in dict(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
                                      bos_token_id=tokenizer.bos_token_id).items() if v is not None}
@@ -197,8 +201,11 @@ def plan_model(args: ModelArguments, vocab_size: int, tokenizer: PreTrainedToken
         if init == "scratch" and getattr(config, "vocab_size", vocab_size) < vocab_size:
             config.vocab_size = vocab_size
         config = _stratified_overrides(args, config, path, init)
+    check_matching_flags(args, config)
     if args.match_params:
-        config = _match_params(config)
+        config = _match_params(config, args.match_params_to or "routing")
+    if args.match_flops_of is not None:
+        config = _match_flops(config, args.match_flops_of, max_length)
     if dropout is not None:
         _set_dropout(config, dropout)
     kind = architecture_kind(config)
@@ -229,15 +236,61 @@ def _stratified_overrides(args: ModelArguments, config: PretrainedConfig, path: 
     return config
 
 
-def _match_params(config: PretrainedConfig) -> PretrainedConfig:
+def check_matching_flags(args: ModelArguments, config: PretrainedConfig | None) -> None:
+    """--match_params_to / --match_flops_of that cannot be honoured: one line, before any run folder exists.
+
+    ``config`` is the model's config from the flags (None: a hub id not here, checked again by plan_model)."""
+    if args.match_params_to is not None:
+        if not args.match_params:
+            raise StrataError(f"--match_params_to {args.match_params_to} chooses the variant --match_params matches; "
+                              "add --match_params or drop it")
+        _check_variant("--match_params_to", args.match_params_to)
+    if args.match_flops_of is None:
+        return
+    _check_variant("--match_flops_of", args.match_flops_of)
+    if args.match_params:
+        raise StrataError("--match_params and --match_flops_of are two different dense controls; pass one of them")
+    if config is None:
+        return
+    kind = args.stratified_type or getattr(config, "stratified_type", None)  # a preset's config lacks the override
+    if config.model_type != "stratified" or kind != "none":
+        raise StrataError(f"--match_flops_of widens the dense stratified baseline to the {args.match_flops_of} "
+                          "variant's FLOPs; use it with --stratified_type none (or a stratified-none-* preset)")
+
+
+def _check_variant(flag: str, value: str) -> None:
+    from strata.models.stratified.configuration_stratified import STRATIFIED_TYPES
+
+    variants = [t for t in STRATIFIED_TYPES if t != "none"]
+    if value not in variants:
+        raise StrataError(f"{flag} {value!r} is not one of {', '.join(variants)}")
+
+
+def _variant(config: PretrainedConfig, variant: str) -> PretrainedConfig:
+    """The same backbone with the stratum mechanism ``variant`` (what the widened baseline is matched to)."""
+    return type(config)(**{**config.to_dict(), "stratified_type": variant})
+
+
+def _match_params(config: PretrainedConfig, variant: str = "routing") -> PretrainedConfig:
     if config.model_type != "stratified" or config.stratified_type != "none":
-        raise StrataError("--match_params widens the dense stratified baseline to a routing variant's size; "
+        raise StrataError(f"--match_params widens the dense stratified baseline to a {variant} variant's size; "
                           "use it with --stratified_type none (or a stratified-none-* preset)")
     from strata.models.stratified import match_params
 
-    routed = type(config)(**{**config.to_dict(), "stratified_type": "routing"})
-    target = count_parameters_from_config(routed, "causal")
+    target = count_parameters_from_config(_variant(config, variant), "causal")
     return match_params(config, target) if target else config
+
+
+def _match_flops(config: PretrainedConfig, variant: str, max_length: int | None) -> PretrainedConfig:
+    if max_length is None:
+        raise StrataError("--match_flops_of needs the run's --max_length, which did not reach the model plan "
+                          "(plan_model(max_length=...)); use --match_params meanwhile")
+    from strata.models.stratified import match_flops
+
+    dense = match_flops(config, _variant(config, variant), max_length)
+    logger.info("--match_flops_of %s: intermediate_size %d -> %d (training FLOPs per token matched at %d tokens)",
+                variant, config.intermediate_size, dense.intermediate_size, max_length)
+    return dense
 
 
 def _set_dropout(config: PretrainedConfig, dropout: float) -> None:

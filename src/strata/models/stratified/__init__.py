@@ -4,6 +4,7 @@ See docs/stratified.md for the design choices and what the stratum sources mean.
 """
 
 from .configuration_stratified import StratifiedConfig
+from .flops import match_flops, training_flops_per_token
 from .modeling_stratified import (
     StratifiedCausalLMOutputWithPast,
     StratifiedForCausalLM,
@@ -24,6 +25,8 @@ __all__ = [
     "stratified_preset",
     "count_parameters",
     "match_params",
+    "match_flops",
+    "training_flops_per_token",
     "parameter_report",
     "fit_stratum_sources",
 ]
