@@ -86,3 +86,32 @@ def test_mix_real_formatted_datasets(hub_mirror):
 
 def test_mixture_tag():
     assert mixture_tag(["imdb-sentiment", "glue-sst2"], [0.7, 0.3]) == "mix_imdb-sentiment-70_glue-sst2-30"
+
+
+def test_mixture_size_flag_reaches_the_training_set(hub_mirror):
+    """--mixture_size N: N training rows; the small source repeats (reshuffled), the large one does not."""
+    from strata.config import parse_run_config
+    from strata.data.pipeline import load_examples
+
+    flags = ["--datasets", "synthetic", "tweet_eval", "--dataset_configs", "None", "sentiment",
+             "--mixture_rates", "0.5", "0.5", "--train_splits", "None", "test[:40]", "--eval_splits", "test",
+             "validation", "--max_eval_examples", "10", "--hub_mirror", str(hub_mirror)]
+    default = load_examples(parse_run_config(flags).data, "sft", seed=0)
+    assert len(default.train) == 80  # min(len_i / rate_i) = 40 / 0.5
+    sized = load_examples(parse_run_config([*flags, "--mixture_size", "300"]).data, "sft", seed=0)
+    counts = Counter(sized.train["domain"])
+    tweets = [p for p, d in zip(sized.train["prompt"], sized.train["domain"]) if d == "tweet_eval"]
+    assert len(sized.train) == 300 and counts["tweet_eval"] > 100
+    assert len(set(tweets)) <= 40 < len(tweets)  # 40 tweets, each used several times
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--dataset", "synthetic", "--mixture_size", "10"], "for one dataset use --max_train_examples"),
+    (["--datasets", "synthetic", "tweet_eval", "--dataset_configs", "None", "sentiment", "--mixture_rates", "0.5",
+      "0.5", "--mixture_size", "0"], "must be a positive number of rows"),
+])
+def test_mixture_size_refusals(flags, message):
+    from strata.config import parse_run_config
+
+    with pytest.raises(StrataError, match=message):
+        parse_run_config(flags)

@@ -211,6 +211,10 @@ def _validate_data(d: DataArguments) -> None:
         if d.mixture_rates is None:
             raise StrataError("--datasets needs --mixture_rates, one positive rate per dataset, summing to 1")
         validate_mixture(d.datasets, configs, d.mixture_rates)
+        if d.mixture_size is not None and d.mixture_size < 1:
+            raise StrataError(f"--mixture_size {d.mixture_size} must be a positive number of rows")
+    elif d.mixture_size is not None:
+        raise StrataError("--mixture_size sizes a mixture of --datasets; for one dataset use --max_train_examples")
     elif d.mixture_rates is not None or d.dataset_configs is not None:
         raise StrataError("--mixture_rates/--dataset_configs need --datasets (use --dataset_config for one dataset)")
     for flag in ("train_splits", "eval_splits"):

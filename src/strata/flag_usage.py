@@ -29,6 +29,7 @@ FLAG_MODES: dict[str, tuple[frozenset[str], str]] = {
     "datasets": (ALL, ""),
     "dataset_configs": (ALL, ""),
     "mixture_rates": (ALL, ""),
+    "mixture_size": (ALL, ""),
     "train_split": (ALL, ""),
     "eval_split": (ALL, ""),
     "train_splits": (ALL, ""),

@@ -29,6 +29,11 @@ class DataArguments:
     mixture_rates: list[float] | None = field(
         default=None, metadata={"help": "Sampling rate per --datasets entry; positive, summing to 1."}
     )
+    mixture_size: int | None = field(
+        default=None,
+        metadata={"help": "Rows in the mixed training set (default: as many as the sources give at these rates "
+                          "without repeating a row). Larger: an exhausted source is reshuffled and reused."},
+    )
     train_split: str | None = field(
         default=None, metadata={"help": "Training split in datasets' split syntax, e.g. 'train[:90%%]', 'test[:10000]'."}
     )

@@ -56,7 +56,7 @@ def load_examples(data: DataArguments, mode: str, seed: int) -> Examples:
         for rate, source in zip(rates, sources):
             source["rate"] = rate
         trains = [part.add_column(SOURCE_COLUMN, [i] * len(part)) for i, part in enumerate(trains)]
-        train_set = mix(_common_columns(trains), rates, seed)
+        train_set = mix(_common_columns(trains), rates, seed, data.mixture_size)
         tag = mixture_tag(tags, rates)
     if data.max_train_examples is not None:
         train_set = train_set.select(range(min(data.max_train_examples, len(train_set))))

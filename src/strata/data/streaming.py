@@ -121,6 +121,9 @@ def check_stream_request(d: DataArguments, mode: str, max_steps: int, stratum_so
                 raise StrataError(f"--{flag} {value!r}: a stream reads whole splits, so slices and '+' need its "
                                   "length; name one split and cap it with --max_train_examples/--max_eval_examples"
                                   f"{why}")
+    if d.mixture_size is not None:
+        raise StrataError(f"--mixture_size sizes a loaded mixture; a stream mixes as it trains, so --max_steps "
+                          f"sets how much it reads{why}")
     if d.max_eval_examples is None:
         raise StrataError(f"--streaming evaluates on the first --max_eval_examples rows of the eval stream; pass "
                           f"--max_eval_examples N{why}")

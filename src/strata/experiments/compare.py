@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import time
 from datetime import datetime
 from pathlib import Path
@@ -41,11 +40,27 @@ from strata.experiments.compare_arms import (
     make_arms,
     split_list,
 )
+from strata.experiments.compare_controls import keep_needed_controls
 from strata.experiments.compare_floor import compute_floor, domain_floor
-from strata.experiments.compare_results import run_diagnostics, run_summary, summarise_diagnostics
+from strata.experiments.compare_protocol import (
+    GATE_POINTS,
+    choose_learning_rate,
+    gate,
+    run_all,
+    share_tokenizer,
+    transfer_flags,
+)
+from strata.experiments.compare_results import (
+    heldout_floor,
+    run_diagnostics,
+    run_summary,
+    summarise_diagnostics,
+)
+from strata.experiments.report_sections import arm_flops
 
-# The harness in modules: arms and shared flags (compare_arms), the floor (compare_floor), what is read back
-# from a finished run (compare_results); planning, running and the command are here. Names importable from here:
+# The harness in modules: arms and shared flags (compare_arms), which matched controls to train
+# (compare_controls), sweep / gate / tokenizer / transfer / workers (compare_protocol), the floor (compare_floor),
+# what is read back from a finished run (compare_results); planning and the command are here. Names importable from here:
 __all__ = [
     "ALL_CONTROLS",
     "ALL_VARIANTS",
@@ -62,7 +77,6 @@ __all__ = [
     "make_arms",
     "plan",
     "run_diagnostics",
-    "run_one",
     "run_summary",
     "summarise_diagnostics",
 ]
@@ -105,6 +119,21 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Router diagnostics (purity/NMI vs domain, k-means, LID) on each model's eval states.")
     parser.add_argument("--diagnostic_examples", type=int, default=24,
                         help="Evaluation examples per source fed to the diagnostics.")
+    parser.add_argument("--holdout", default=None,
+                        help="With --mixture: leave this source (dataset id) out of training and score every run "
+                             "on its evaluation split (transfer to an unseen domain).")
+    parser.add_argument("--lr_sweep", default=None,
+                        help="Comma list of learning rates: train the baseline once per rate (seed --sweep_seed) "
+                             "first, then run every arm at the best one (overall accuracy).")
+    parser.add_argument("--sweep_seed", type=int, default=1000,
+                        help="Initialisation seed of the sweep runs (kept apart from the compared seeds).")
+    parser.add_argument("--gate_points", type=float, default=GATE_POINTS,
+                        help="Train the baseline's seeds first; compare the arms only if its mean accuracy beats "
+                             "the domain-only floor by this many points on every trained source.")
+    parser.add_argument("--no_gate", action="store_true",
+                        help="Compare the arms even when the baseline does not clear the gate (reported).")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="Runs trained at once, each in its own process with cores/jobs threads.")
     return parser
 
 
@@ -116,6 +145,12 @@ def plan(args: argparse.Namespace, forwarded: list[str]) -> tuple[Any, list[Plan
     from strata.config import parse_run_config
 
     check_forwarded(forwarded)
+    if args.jobs < 1:
+        raise StrataError(f"--jobs {args.jobs}: give at least 1 run at a time")
+    if args.lr_sweep is not None:
+        if has_flag(forwarded, "--learning_rate"):
+            raise StrataError("--lr_sweep chooses the learning rate; drop --learning_rate")
+        sweep_rates(args.lr_sweep)
     base_flags = data_flags(args, forwarded)
     if args.token_budget is not None:
         if has_flag(forwarded, "--max_steps"):
@@ -136,9 +171,17 @@ def plan(args: argparse.Namespace, forwarded: list[str]) -> tuple[Any, list[Plan
     seeds = list(args.seed_list) if args.seed_list else list(range(args.seeds))
     if not seeds or len(set(seeds)) != len(seeds):
         raise StrataError("give at least one seed, each once (--seeds N or --seed_list a b c)")
+    if args.lr_sweep is not None and args.sweep_seed in seeds:
+        raise StrataError(f"--sweep_seed {args.sweep_seed} is also a compared seed; choose one outside {seeds}")
     controls = [] if args.controls.strip().lower() in ("", "none") else split_list(args.controls)
     arms = make_arms(split_list(args.variants), controls, args.model_size)
+    arms, matching = keep_needed_controls(arms, args.model_size, base)
     output = Path(args.output_dir or default_output_dir(args, base))
+    transfer: list[str] = []
+    if args.holdout:
+        from strata.experiments.multidomain import without
+
+        transfer = transfer_flags(without(args.holdout)[1], None)
     runs = []
     for seed in seeds:  # seed-major: a stopped comparison still has complete pairs
         for arm in arms:
@@ -146,9 +189,21 @@ def plan(args: argparse.Namespace, forwarded: list[str]) -> tuple[Any, list[Plan
             argv = [*base_flags, *arm.flags, "--seed", str(seed), "--data_seed", str(args.data_seed),
                     "--output_dir", str(folder)]
             parse_run_config(argv)  # fail now, not after an hour of training
-            runs.append(PlannedRun(arm, seed, folder, argv))
+            runs.append(PlannedRun(arm, seed, folder, argv, transfer))
     setup = _setup(args, base, seeds, forwarded, output)
-    return base, runs, {"arms": arms, "setup": setup, "output": output}
+    setup["matching"] = matching
+    return base, runs, {"arms": arms, "setup": setup, "output": output, "base_flags": base_flags,
+                        "transfer": transfer}
+
+
+def sweep_rates(text: str) -> list[float]:
+    try:
+        rates = [float(x) for x in split_list(text)]
+    except ValueError:
+        raise StrataError(f"--lr_sweep {text!r}: give learning rates, e.g. 1e-3,3e-3") from None
+    if not rates or any(not (r > 0) for r in rates) or len(set(rates)) != len(rates):
+        raise StrataError(f"--lr_sweep {text!r}: give distinct positive learning rates, e.g. 1e-3,3e-3")
+    return rates
 
 
 def _setup(args: argparse.Namespace, base: Any, seeds: list[int], forwarded: list[str], output: Path) -> dict[str, Any]:
@@ -167,6 +222,8 @@ def _setup(args: argparse.Namespace, base: Any, seeds: list[int], forwarded: lis
         "learning_rate": t.learning_rate,
         "max_eval_examples": base.data.max_eval_examples,
         "mixture": args.mixture,
+        "holdout": args.holdout,
+        "jobs": args.jobs,
         "forwarded_flags": forwarded,
         "output_dir": str(output),
     }
@@ -177,54 +234,49 @@ def default_output_dir(args: argparse.Namespace, base: Any) -> str:
     return str(Path(base.train.runs_dir) / f"compare_{datetime.now():%Y-%m-%d_%Hh%Mm}_{args.model_size}_{data}")
 
 
-# ----------------------------------------------------------------------------------------------- running
-def _marker(folder: Path) -> Path:
-    return folder / "compare_run.json"
-
-
-def run_one(run: PlannedRun, index: int, total: int) -> dict[str, Any]:
-    """Train one arm x seed unless an identical finished run is already there; return its record."""
+# ----------------------------------------------------------------------------------------------- main
+def train_in_process(run: PlannedRun) -> None:
+    """One run in this process: `strata train`, then `strata eval` on the held-out source when there is one."""
     from strata.config import parse_run_config
+    from strata.evaluation.cli import run_eval
     from strata.training.run import train
 
-    label = f"{run.arm.name} seed {run.seed}"
-    marker = _marker(run.folder)
-    if (run.folder / "metrics.json").is_file() and marker.is_file():
-        record = json.loads(marker.read_text())
-        if record.get("argv") != run.argv:
-            raise StrataError(f"{run.folder} was trained with other flags; use a new --output_dir or delete it")
-        print(f"[compare] {index}/{total} skip {label}: finished run in {run.folder}", flush=True)
-        return {**record, "skipped": True}
-    if run.folder.exists():  # started but never finished: its partial state is not trustworthy
-        print(f"[compare] {index}/{total} {label}: removing unfinished {run.folder}", flush=True)
-        shutil.rmtree(run.folder)
-    print(f"[compare] {index}/{total} train {label}", flush=True)
-    start = time.perf_counter()
     train(parse_run_config(run.argv))
-    record = {"arm": run.arm.name, "seed": run.seed, "argv": run.argv,
-              "wall_seconds": time.perf_counter() - start}
-    marker.write_text(json.dumps(record, indent=2) + "\n")
-    return {**record, "skipped": False}
+    if run.transfer:
+        run_eval([str(run.folder), *run.transfer, "--output", str(run.folder / "transfer.json")])
 
 
+def machine() -> dict[str, Any]:
+    """Where the numbers came from: devices and package versions (as `strata env` prints them)."""
+    import platform
+
+    from strata.cli_env import device_lines, package_versions
+
+    return {"devices": [line.strip() for line in device_lines()], "python": platform.python_version(),
+            "versions": package_versions(), "date": datetime.now().strftime("%Y-%m-%d")}
 
 
-# ----------------------------------------------------------------------------------------------- main
-def compare(argv: list[str]) -> dict[str, Any]:
-    """Plan, train (skipping finished runs), compute the floor and diagnostics, and write the report."""
-    from strata.experiments.report import build_results, write_report
+def _sweep(args: argparse.Namespace, forwarded: list[str], info: dict[str, Any]) -> dict[str, Any]:
+    """Train the baseline once per swept rate (seed --sweep_seed) and choose the rate every arm then uses."""
+    baseline = next((a for a in info["arms"] if a.name == BASELINE), None)
+    if baseline is None:
+        raise StrataError("--lr_sweep tunes the `none` baseline; add none to --variants")
+    runs = []
+    for lr in sweep_rates(args.lr_sweep):
+        folder = info["output"] / "sweep" / f"none_lr{lr:g}_seed{args.sweep_seed}"
+        argv = [*info["base_flags"], *baseline.flags, "--learning_rate", repr(lr), "--seed", str(args.sweep_seed),
+                "--data_seed", str(args.data_seed), "--output_dir", str(folder)]
+        runs.append((lr, PlannedRun(baseline, args.sweep_seed, folder, argv)))
+    run_all([r for _, r in runs], args.jobs, info["output"] / "logs", train_in_process, " (lr sweep)")
+    records = {lr: {**run_summary(r.folder), "folder": str(r.folder)} for lr, r in runs}
+    best, why = choose_learning_rate(records)
+    print(f"[compare] lr sweep: {why}", flush=True)
+    return {"rates": {repr(lr): rec for lr, rec in records.items()}, "chosen": best, "why": why,
+            "seed": args.sweep_seed}
 
-    args, forwarded = build_parser().parse_known_args(argv)
-    base, runs, info = plan(args, forwarded)
-    output: Path = info["output"]
-    output.mkdir(parents=True, exist_ok=True)
-    command = "strata compare " + " ".join(_quote(a) for a in argv)
-    (output / "command.txt").write_text(command + "\n")
-    print(f"[compare] {len(runs)} runs ({len(info['arms'])} arms x {len(info['setup']['seeds'])} seeds), "
-          f"{base.train.max_steps} steps each, in {output}", flush=True)
-    started = time.perf_counter()
-    records = [run_one(run, i + 1, len(runs)) for i, run in enumerate(runs)]
-    floor, examples = compute_floor(base)
+
+def _summaries(runs: list[PlannedRun], records: list[dict[str, Any]], args: argparse.Namespace, base: Any,
+               examples: Any) -> list[dict[str, Any]]:
     summaries = []
     for run, record in zip(runs, records):
         summary = {"arm": run.arm.name, "seed": run.seed, "folder": str(run.folder),
@@ -238,12 +290,62 @@ def compare(argv: list[str]) -> dict[str, Any]:
                 path.write_text(json.dumps(diag, indent=2, default=float) + "\n")
             summary["diagnostics"] = summarise_diagnostics(json.loads(path.read_text()))
         summaries.append(summary)
-    setup = {**info["setup"], "harness_seconds_this_invocation": time.perf_counter() - started,
+    return summaries
+
+
+def compare(argv: list[str]) -> dict[str, Any]:
+    """Sweep, train the baseline, gate, train the other arms (skipping finished runs), report."""
+    from strata.experiments.report import build_results, write_report
+
+    args, forwarded = build_parser().parse_known_args(argv)
+    base, runs, info = plan(args, forwarded)
+    output: Path = info["output"]
+    output.mkdir(parents=True, exist_ok=True)
+    command = "strata compare " + " ".join(_quote(a) for a in argv)
+    (output / "command.txt").write_text(command + "\n")
+    started = time.perf_counter()
+    forwarded, tokenizer = share_tokenizer(forwarded, base, output)
+    if tokenizer:
+        base, runs, info = plan(args, forwarded)
+    sweep = None
+    if args.lr_sweep is not None:
+        sweep = _sweep(args, forwarded, info)
+        forwarded = [*forwarded, "--learning_rate", repr(sweep["chosen"])]
+        base, runs, info = plan(argparse.Namespace(**{**vars(args), "lr_sweep": None}), forwarded)
+    print(f"[compare] {len(runs)} runs ({len(info['arms'])} arms x {len(info['setup']['seeds'])} seeds), "
+          f"{base.train.max_steps} steps each, {args.jobs} at a time, in {output}", flush=True)
+    first = [r for r in runs if r.arm.name == BASELINE]
+    rest = [r for r in runs if r.arm.name != BASELINE]
+    records = dict(zip(map(id, first), run_all(first, args.jobs, output / "logs", train_in_process)))
+    floor, examples = compute_floor(base)
+    verdict = None
+    if first:
+        verdict = gate([run_summary(r.folder) for r in first], floor, args.gate_points)
+        verdict["enforced"] = not args.no_gate
+        state = "passed" if verdict["passed"] else f"failed on {', '.join(verdict['failed'])}"
+        print(f"[compare] gate (baseline >= floor + {args.gate_points:g} points on every source): {state}", flush=True)
+    stopped = verdict is not None and not verdict["passed"] and not args.no_gate
+    if not stopped:
+        records.update(zip(map(id, rest), run_all(rest, args.jobs, output / "logs", train_in_process)))
+    done = [r for r in runs if id(r) in records]
+    summaries = _summaries(done, [records[id(r)] for r in done], args, base, examples)
+    if first and info["transfer"]:
+        floor["per_source"].update(heldout_floor(first[0].folder))
+    if tokenizer:
+        info["setup"]["tokenizer"] = tokenizer
+    setup = {**info["setup"], "harness_seconds_this_invocation": time.perf_counter() - started, "machine": machine(),
              "eval_examples": {e.name: len(e.dataset) for e in examples.evals}}
-    results = build_results(command, setup, info["arms"], summaries, floor)
+    arms = info["arms"] if not stopped else [a for a in info["arms"] if a.name == BASELINE]
+    results = build_results(command, setup, arms, summaries, floor)
+    results.update(lr_sweep=sweep, gate=verdict, stopped_at_gate=stopped)
+    firsts = {s["arm"]: s["folder"] for s in reversed(summaries)}  # every arm is a stratified preset
+    results["flops"] = arm_flops(firsts, base.data.max_length)
     report_dir = Path(args.report_dir) if args.report_dir else output
     paths = write_report(results, report_dir)
     print(f"[compare] wrote {', '.join(str(p) for p in paths)}", flush=True)
+    if stopped:
+        print(f"[compare] stopped at the gate: the baseline does not beat the floor by {args.gate_points:g} points "
+              f"on {', '.join(verdict['failed'])}; no arm was compared (raise the budget, or --no_gate)", flush=True)
     return results
 
 
@@ -254,7 +356,8 @@ def _quote(arg: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit 0 when the arms were compared, 1 when the comparison stopped at the baseline gate."""
     import sys
 
-    compare(list(sys.argv[1:] if argv is None else argv))
-    return 0
+    results = compare(list(sys.argv[1:] if argv is None else argv))
+    return 1 if results.get("stopped_at_gate") else 0

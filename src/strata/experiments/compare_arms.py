@@ -26,7 +26,7 @@ __all__ = [
 ]
 
 ALL_VARIANTS = ("none", "attention", "routing", "layers", "moe")
-ALL_CONTROLS = ("dense_matched", "hash")
+ALL_CONTROLS = ("dense_matched", "flops_matched", "hash")
 BASELINE = "none"
 SIZES = ("tiny", "small")
 # Flags the harness sets per run; forwarding them would silently break the design.
@@ -34,7 +34,9 @@ _RESERVED = {
     "--model": "use --model_size (the harness picks stratified-<variant>-<size>)",
     "--stratified_type": "use --variants",
     "--stratum_source": "the hash control sets it; use --controls",
-    "--match_params": "the dense_matched control sets it; use --controls",
+    "--match_params": "the dense_matched controls set it; use --controls",
+    "--match_params_to": "the dense_matched controls set it; use --controls",
+    "--match_flops_of": "the flops_matched controls set it; use --controls",
     "--seed": "use --seeds N or --seed_list (initialisation seeds) and --data_seed (data order)",
     "--output_dir": "is the comparison folder here; run folders are <output_dir>/runs/<arm>_seed<k>",
     "--resume_from_checkpoint": "finished runs are skipped and unfinished ones restart from scratch",
@@ -57,6 +59,7 @@ class PlannedRun:
     seed: int
     folder: Path
     argv: list[str] = field(default_factory=list)
+    transfer: list[str] = field(default_factory=list)  # `strata eval` flags of the held-out source, if any
 
 
 
@@ -79,9 +82,14 @@ def make_arms(variants: list[str], controls: list[str], size: str) -> list[Arm]:
             "dense baseline" if v == BASELINE else f"{v} mechanism, learned router")
         for v in variants
     ]
-    if "dense_matched" in controls:
-        arms.append(Arm("dense_matched", ["--model", f"stratified-none-{size}", "--match_params"], "control",
-                        "dense baseline widened to the routing variant's parameter count"))
+    mechanisms = [v for v in variants if v != BASELINE]
+    if "dense_matched" in controls:  # one per variant: the baseline widened to that variant's parameter count
+        arms += [Arm(f"dense_matched_{v}", ["--model", f"stratified-none-{size}", "--match_params",
+                                            "--match_params_to", v], "control",
+                     f"dense baseline widened to the {v} variant's parameter count") for v in mechanisms]
+    if "flops_matched" in controls:  # candidates; plan() keeps those whose parameter match is not a FLOPs match
+        arms += [Arm(f"flops_matched_{v}", ["--model", f"stratified-none-{size}", "--match_flops_of", v], "control",
+                     f"dense baseline widened to the {v} variant's training FLOPs per token") for v in mechanisms]
     if "hash" in controls:
         arms.append(Arm("hash", ["--model", f"stratified-routing-{size}", "--stratum_source", "hash"], "control",
                         "routing with token-hash strata (negative control)"))
@@ -104,9 +112,12 @@ def data_flags(args: argparse.Namespace, forwarded: list[str]) -> list[str]:
     if args.mixture:
         if has_flag(forwarded, "--datasets") or has_flag(forwarded, "--dataset"):
             raise StrataError("--mixture multidomain defines the data; drop --dataset/--datasets")
-        from strata.experiments.multidomain import mixture_flags
+        from strata.experiments.multidomain import SOURCES, mixture_flags, without
 
-        return [*forwarded, *mixture_flags()]
+        sources = without(args.holdout)[0] if getattr(args, "holdout", None) else SOURCES
+        return [*forwarded, *mixture_flags(sources)]
+    if getattr(args, "holdout", None):
+        raise StrataError("--holdout names a source of --mixture multidomain; add --mixture multidomain")
     if has_flag(forwarded, "--datasets") and not has_flag(forwarded, "--mixture_rates"):
         n = _count_datasets(forwarded)
         return [*forwarded, "--mixture_rates", *[repr(1.0 / n)] * n]

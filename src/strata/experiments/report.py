@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from strata.experiments.report_sections import gate_findings, protocol_sections
 from strata.experiments.statistics import holm, mean_ci, min_wilcoxon_p, paired_test
 
 METRICS = ("accuracy", "macro_f1")
@@ -74,7 +75,8 @@ def build_results(command: str, setup: dict[str, Any], arms: list[Any], runs: li
                   floor: dict[str, Any]) -> dict[str, Any]:
     """Per arm x domain x metric: mean ± 95% CI over seeds, and the paired test against the baseline."""
     arm_names = [a.name for a in arms]
-    domains = sorted({tag for r in runs for tag in r["per_source"]})
+    tags = {tag for r in runs for tag in r["per_source"]}  # trained sources, then held-out ones
+    domains = sorted(t for t in tags if not t.endswith("(held out)")) + sorted(t for t in tags if t.endswith("(held out)"))
     by_arm: dict[str, dict[int, dict[str, Any]]] = {a: {} for a in arm_names}
     for r in runs:
         by_arm[r["arm"]][r["seed"]] = r
@@ -154,6 +156,12 @@ def findings(results: dict[str, Any], alpha: float = 0.05) -> list[str]:
         else:
             out.append(f"Overall {metric}: no arm differs from `{baseline}` at Holm-adjusted p < {alpha} "
                        f"(paired t over {n} seeds).")
+    for domain in [d for d in results["domains"] if d.endswith("(held out)")]:
+        sig = [(arm, t[domain]["accuracy"]) for arm, t in tests.items() if domain in t
+               and _finite(t[domain]["accuracy"].get("t_p_holm")) and t[domain]["accuracy"]["t_p_holm"] < alpha]
+        desc = ", ".join(f"{a} ({t['mean_diff'] * 100:+.1f} pts, Holm p={t['t_p_holm']:.3f})" for a, t in sig)
+        out.append(f"Transfer to {domain}, accuracy: " + (f"differs from `{baseline}`: {desc}." if sig else
+                   f"no arm differs from `{baseline}` at Holm-adjusted p < {alpha}."))
     floor = results.get("floor") or {}
     if floor:
         base = results["summary"].get(baseline, {}).get("domains", {})
@@ -224,7 +232,7 @@ def render_markdown(results: dict[str, Any], plots: list[str]) -> str:
         lines.append(f"- `{arm['name']}` ({arm['kind']}): {arm['description']}; {params:,} parameters; "
                      f"flags `{' '.join(arm['flags'])}`")
     lines += ["", "## Findings (computed, not hand-written)", ""]
-    lines += [f"- {f}" for f in findings(results)]
+    lines += [f"- {f}" for f in [*gate_findings(results), *findings(results)]]
     for metric in METRICS:
         lines += ["", f"## {metric.replace('_', '-')} per domain", ""]
         lines += _domain_table(results, metric)
@@ -235,6 +243,7 @@ def render_markdown(results: dict[str, Any], plots: list[str]) -> str:
         lines += ["", f"### {metric}", ""]
         lines += _test_table(results, metric)
     lines += _cost_table(results)
+    lines += protocol_sections(results)
     lines += _diagnostics_table(results)
     floor = results.get("floor") or {}
     if floor:

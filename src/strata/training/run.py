@@ -113,7 +113,7 @@ def _train_in_folder(config: RunConfig, examples: Examples, folder: RunFolder, c
 
     loaded = load_for_training(model_args, mirror, train_texts=examples.training_texts(),
                                tokenizer_dir=folder.root / "tokenizer", dropout=train_args.dropout,
-                               seed=train_args.seed, log=say)
+                               seed=train_args.seed, max_length=data_args.max_length, log=say)
     check_stratum_sources(loaded.model, examples, config)
     if train_args.mode == "rl":
         from strata.training.rl import run_rl
