@@ -3,15 +3,9 @@ workers against a 1-process run with the same global batch (the independent seco
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-
 import pytest
 import torch
-from conftest import REPO_ROOT
-from helpers import final_weights, max_weight_diff, metrics, only_run, run_strata
+from helpers import final_weights, max_weight_diff, metrics, only_run, run_strata, torchrun_train
 
 from strata.config import parse_run_config
 from strata.errors import StrataError
@@ -51,7 +45,8 @@ def _config(*flags: str):
     (["--parallelism", "ddp"], 1, "--parallelism ddp needs several processes"),
     (["--parallelism", "dp", "--device", "cpu"], 1, "--parallelism dp (DataParallel) needs one process"),
     (["--parallelism", "none", "--device", "cpu"], 2, "would still run DDP"),
-    (["--parallelism", "fsdp", "--save_steps", "3", "--device", "cpu"], 2, "with --save_steps"),
+    (["--parallelism", "fsdp", "--load_best_model_at_end", "--save_steps", "2", "--eval_steps", "2", "--device",
+      "cpu"], 2, "with --load_best_model_at_end"),
     (["--parallelism", "hsdp", "--use_lora", "--device", "cpu"], 2, "with --use_lora is not wired"),
     (["--parallelism", "fsdp", "--fsdp_cpu_offload", "--device", "cpu"], 2, "nothing to offload"),
     (["--parallelism", "ddp", "--fsdp_cpu_offload", "--device", "cpu"], 2, "is an FSDP setting"),
@@ -80,18 +75,8 @@ def test_auto_on_one_cpu_process_is_none_and_the_cli_refuses_in_one_line(tmp_pat
 
 
 # ---------------------------------------------------------------------------- 2 gloo workers
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _two_workers(runs_dir, *flags: str) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "error::FutureWarning"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
-               str(REPO_ROOT / "train.py"), *COMMON, "--per_device_train_batch_size", "2", "--runs_dir",
-               str(runs_dir), *flags]
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    done = torchrun_train(*COMMON, "--per_device_train_batch_size", "2", "--runs_dir", runs_dir, *flags)
     assert done.returncode == 0, done.stderr[-3000:]
 
 

@@ -142,10 +142,10 @@ def _check(choice: str, train_args: Any, model_args: Any, device: str, world_siz
     if model_args.use_lora:
         raise StrataError(f"{flag} with --use_lora is not wired yet (adapters would stay unsharded); use "
                           "--parallelism ddp")
-    if train_args.save_steps:
-        raise StrataError(f"{flag} with --save_steps: Trainer 5.24 cannot checkpoint the optimizer of a model "
-                          "it did not shard, so a resume would not continue the run; use --save_steps 0, or "
-                          "--parallelism ddp for checkpoints")
+    if train_args.load_best_model_at_end:
+        raise StrataError(f"{flag} with --load_best_model_at_end: Trainer 5.24 would load the best checkpoint into "
+                          "the sharded model as if it were whole; pick the best checkpoint-N afterwards, or use "
+                          "--parallelism ddp")
     if train_args.fsdp_cpu_offload and device != "cuda":
         raise StrataError(f"--fsdp_cpu_offload moves GPU shards to CPU memory; with --device {device} there is "
                           "nothing to offload")
