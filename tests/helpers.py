@@ -68,9 +68,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def torchrun_train(*args: str, processes: int = 2) -> subprocess.CompletedProcess:
-    """train.py under torchrun with `processes` CPU workers (gloo), one thread each; output captured."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "error::FutureWarning"}
+def torchrun_train(*args: str, processes: int = 2, future_warnings_fail: bool = True) -> subprocess.CompletedProcess:
+    """train.py under torchrun with `processes` CPU workers (gloo), one thread each; output captured.
+    ``future_warnings_fail``: a FutureWarning is an error (off where a library's own deprecation fires)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    if future_warnings_fail:
+        env["PYTHONWARNINGS"] = "error::FutureWarning"
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}",
                f"--master_port={free_port()}", str(REPO_ROOT / "train.py"), *map(str, args)]
     return subprocess.run(command, env=env, capture_output=True, text=True)
