@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
+from conftest import REPO_ROOT
 from safetensors.torch import load_file
 
 from strata.cli import main
@@ -55,3 +60,20 @@ def run_events(run: Path):
     events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0})
     events.Reload()
     return events
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def torchrun_train(*args: str, processes: int = 2, future_warnings_fail: bool = True) -> subprocess.CompletedProcess:
+    """train.py under torchrun with `processes` CPU workers (gloo), one thread each; output captured.
+    ``future_warnings_fail``: a FutureWarning is an error (off where a library's own deprecation fires)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    if future_warnings_fail:
+        env["PYTHONWARNINGS"] = "error::FutureWarning"
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}",
+               f"--master_port={free_port()}", str(REPO_ROOT / "train.py"), *map(str, args)]
+    return subprocess.run(command, env=env, capture_output=True, text=True)

@@ -3,15 +3,13 @@ workers against a 1-process run with the same global batch (the independent seco
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import sys
+import textwrap
 
 import pytest
 import torch
-from conftest import REPO_ROOT
-from helpers import final_weights, max_weight_diff, metrics, only_run, run_strata
+from helpers import final_weights, max_weight_diff, metrics, only_run, run_strata, torchrun_train
 
 from strata.config import parse_run_config
 from strata.errors import StrataError
@@ -51,8 +49,10 @@ def _config(*flags: str):
     (["--parallelism", "ddp"], 1, "--parallelism ddp needs several processes"),
     (["--parallelism", "dp", "--device", "cpu"], 1, "--parallelism dp (DataParallel) needs one process"),
     (["--parallelism", "none", "--device", "cpu"], 2, "would still run DDP"),
-    (["--parallelism", "fsdp", "--save_steps", "3", "--device", "cpu"], 2, "with --save_steps"),
-    (["--parallelism", "hsdp", "--use_lora", "--device", "cpu"], 2, "with --use_lora is not wired"),
+    (["--parallelism", "fsdp", "--load_best_model_at_end", "--save_steps", "2", "--eval_steps", "2", "--device",
+      "cpu"], 2, "with --load_best_model_at_end"),
+    (["--parallelism", "hsdp", "--use_lora", "--merge_lora", "--device", "cpu"], 2, "with --merge_lora: merging"),
+    (["--parallelism", "fsdp", "--use_lora", "--load_in_4bit", "--device", "cpu"], 2, "with --load_in_4bit is not wired"),
     (["--parallelism", "fsdp", "--fsdp_cpu_offload", "--device", "cpu"], 2, "nothing to offload"),
     (["--parallelism", "ddp", "--fsdp_cpu_offload", "--device", "cpu"], 2, "is an FSDP setting"),
     (["--parallelism", "hsdp", "--hsdp_replicas", "3", "--device", "cpu"], 2, "must divide the 2 processes"),
@@ -80,18 +80,8 @@ def test_auto_on_one_cpu_process_is_none_and_the_cli_refuses_in_one_line(tmp_pat
 
 
 # ---------------------------------------------------------------------------- 2 gloo workers
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _two_workers(runs_dir, *flags: str) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "error::FutureWarning"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
-               str(REPO_ROOT / "train.py"), *COMMON, "--per_device_train_batch_size", "2", "--runs_dir",
-               str(runs_dir), *flags]
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    done = torchrun_train(*COMMON, "--per_device_train_batch_size", "2", "--runs_dir", runs_dir, *flags)
     assert done.returncode == 0, done.stderr[-3000:]
 
 
@@ -144,3 +134,33 @@ def test_two_workers_equal_one_process_with_the_same_global_batch(tmp_path, one_
     for name, tensor in model.state_dict().items():
         if name in reference:
             torch.testing.assert_close(tensor, reference[name], atol=1e-5, rtol=0)
+
+
+# Loads a LoRA run's final/ with transformers + peft alone (strata made unimportable): base_model/ + the adapters.
+PEFT_LOAD = textwrap.dedent("""
+    import sys
+    sys.modules["strata"] = None
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+    def load(run):
+        return PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(run + "/base_model"), run + "/final")
+    a, b = (load(run).state_dict() for run in sys.argv[1:3])
+    assert a.keys() == b.keys() and max(float(b[k].abs().max()) for k in b if "lora_B" in k) > 0  # trained
+    print(max(float((a[k] - b[k]).abs().max()) for k in a))
+""")
+
+
+@gloo
+def test_fsdp_lora_on_two_workers_equals_one_process(tmp_path):
+    lora = ["--use_lora", "--lora_r", "4", "--lora_dropout", "0"]  # dropout masks depend on the per-rank split
+    assert run_strata("train", *COMMON, *lora, "--per_device_train_batch_size", "4", "--runs_dir", tmp_path / "one") == 0
+    # peft's own PeftModel init fires transformers' is_gradient_checkpointing FutureWarning: not an error here
+    done = torchrun_train(*COMMON, *lora, "--per_device_train_batch_size", "2", "--parallelism", "fsdp",
+                          "--runs_dir", tmp_path / "two", future_warnings_fail=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    one, two = only_run(tmp_path / "one"), only_run(tmp_path / "two")
+    assert metrics(two)["run"]["parallelism"]["wrapper"] == "FSDPModule"
+    compared = subprocess.run([sys.executable, "-c", PEFT_LOAD, str(one), str(two)], capture_output=True, text=True)
+    assert compared.returncode == 0, compared.stderr[-2000:]
+    diff = float(compared.stdout.split()[-1])
+    assert diff <= 1e-5, diff

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
+from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
@@ -23,12 +24,22 @@ BASE_MODEL_DIR = "base_model"
 BASE_REFERENCE = f"../{BASE_MODEL_DIR}"  # relative to final/ (the adapter folder), inside the run folder
 
 
-def save_unwrapped_base(peft_model, tokenizer: PreTrainedTokenizerBase, out_dir: Path) -> None:
+def save_unwrapped_base(peft_model, tokenizer: PreTrainedTokenizerBase, out_dir: Path,
+                        state_dict: dict[str, Any] | None = None) -> None:
     """Save the base weights the adapters were trained on, under their plain transformers names.
 
     ``unload()`` removes the LoRA layers *without* merging; it works on a copy so the trained model stays
     intact (the copy costs one base model of memory, and only scratch bases, which exist nowhere else, are saved).
+    ``state_dict``: a sharded (FSDP) model's gathered weights (FSDP refuses deepcopy); the base is read off them
+    under the names ``unload()`` would give.
     """
+    if state_dict is not None:
+        prefix = "base_model.model."
+        base_state = {name[len(prefix):].replace(".base_layer.", "."): tensor for name, tensor in state_dict.items()
+                      if name.startswith(prefix) and ".lora_" not in name}
+        peft_model.get_base_model().save_pretrained(out_dir, state_dict=base_state)
+        tokenizer.save_pretrained(out_dir)
+        return
     base = copy.deepcopy(peft_model).unload()
     base.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)

@@ -84,7 +84,7 @@ def save_final(trainer: Any, loaded: LoadedModel, folder: RunFolder, model_args,
     if model_args.use_lora and loaded.init == "scratch":
         # A scratch base exists only in memory: keep it beside the adapters so final/ can be reloaded.
         base_dir = folder.root / BASE_MODEL_DIR
-        save_unwrapped_base(model, loaded.tokenizer, base_dir)
+        save_unwrapped_base(model, loaded.tokenizer, base_dir, state_dict=state_dict)
         model.peft_config[model.active_adapter].base_model_name_or_path = str(base_dir)
         reference = BASE_REFERENCE
     elif model_args.use_lora:

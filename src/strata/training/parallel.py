@@ -16,6 +16,7 @@ import torch
 
 from strata.errors import StrataError
 from strata.models.plan import memory_estimate
+from strata.models.quantization import requested_flag
 
 CHOICES = ("auto", "none", "dp", "ddp", "fsdp", "hsdp")
 SHARDED = ("fsdp", "hsdp")
@@ -139,13 +140,17 @@ def _check(choice: str, train_args: Any, model_args: Any, device: str, world_siz
         return
     if train_args.mode == "rl":
         raise StrataError(f"{flag} is not wired into the GRPO trainer; use --parallelism ddp in --mode rl")
-    if model_args.use_lora:
-        raise StrataError(f"{flag} with --use_lora is not wired yet (adapters would stay unsharded); use "
+    quantized = requested_flag(model_args)
+    if quantized is not None:
+        raise StrataError(f"{flag} with --{quantized} is not wired: FSDP2 does not shard bitsandbytes' "
+                          "quantized weights; use --parallelism ddp")
+    if model_args.use_lora and model_args.merge_lora:
+        raise StrataError(f"{flag} with --merge_lora: merging needs the whole model in one process; train without "
+                          "--merge_lora and merge final/ afterwards (peft merge_and_unload)")
+    if train_args.load_best_model_at_end:
+        raise StrataError(f"{flag} with --load_best_model_at_end: Trainer 5.24 would load the best checkpoint into "
+                          "the sharded model as if it were whole; pick the best checkpoint-N afterwards, or use "
                           "--parallelism ddp")
-    if train_args.save_steps:
-        raise StrataError(f"{flag} with --save_steps: Trainer 5.24 cannot checkpoint the optimizer of a model "
-                          "it did not shard, so a resume would not continue the run; use --save_steps 0, or "
-                          "--parallelism ddp for checkpoints")
     if train_args.fsdp_cpu_offload and device != "cuda":
         raise StrataError(f"--fsdp_cpu_offload moves GPU shards to CPU memory; with --device {device} there is "
                           "nothing to offload")
@@ -190,6 +195,8 @@ def shard_model(model: torch.nn.Module, parallelism: Parallelism, device: str, c
     # the public way to set it, from_pretrained(distributed_config=...), shards at load and cannot take a model
     # built from a config or a preset, so it is set here (transformers/distributed/mixin.py, maybe_distribute_model).
     model._is_distributed_loading_by_transformers = True
+    if hasattr(model, "get_base_model"):  # a PeftModel: Trainer reads the flag through peft to the base model
+        model.get_base_model()._is_distributed_loading_by_transformers = True
 
 
 def wrapper_name(model: Any) -> str:

@@ -31,6 +31,7 @@ from strata.training.distributed import (
     watch_launcher,
 )
 from strata.training.finalize import RunResult, run_metadata, save_final, token_budget
+from strata.training.fsdp_checkpoint import check_resume
 from strata.training.guards import NonFiniteGuard, stop_diverged
 from strata.training.launch import plan_launch
 from strata.training.parallel import SHARDED, Parallelism, full_state_dict, planned_parallelism, shard_model
@@ -80,6 +81,7 @@ def train(config: RunConfig) -> RunResult:
                   data_args.use_packing, dist.world_size, train_args.multi_gpu)
     args_record = {**config.to_dict(), "run_key": key, "world_size": dist.world_size}
     folder, checkpoint, created_root = choose_run_folder(config.train, key, dist, args_record)
+    check_resume(checkpoint, parallelism.choice, parallelism.mesh_shape)  # before args.json is rewritten
     fresh = checkpoint is None
     log_handler = None
     if dist.is_main:

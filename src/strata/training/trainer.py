@@ -3,7 +3,7 @@
 Trainer's own evaluation only reports the loss; classification-as-generation needs the label-word
 likelihood metrics (accuracy, macro-F1) *inside* ``evaluate()`` so that ``--metric_for_best_model
 eval_accuracy`` and early stopping see them. Everything else (optimizer, schedule, checkpoints,
-resume, DDP) is Trainer's.
+resume, DDP) is Trainer's, except the checkpoints of a model Strata sharded (fsdp_checkpoint.py).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from transformers import Trainer
 from transformers.trainer_utils import EvalLoopOutput
 
 from strata.evaluation.task_metrics import scalar_metrics, task_metric_names
+from strata.training.fsdp_checkpoint import FsdpCheckpointing
 from strata.training.guards import NonFiniteGuard
 from strata.training.sparse_loss import LossPositionsOnly
 from strata.training.telemetry import DeviceTelemetry
@@ -35,8 +36,9 @@ __all__ = ["StrataTrainer", "scalar_metrics"]  # run.py takes scalar_metrics fro
 logger = logging.getLogger(__name__)
 
 
-class StrataTrainer(Trainer):
-    """Trainer whose ``evaluate`` adds task metrics computed by :mod:`strata.evaluation`."""
+class StrataTrainer(FsdpCheckpointing, Trainer):
+    """Trainer whose ``evaluate`` adds task metrics computed by :mod:`strata.evaluation`; checkpoints of an
+    FSDP-sharded model go through :class:`~strata.training.fsdp_checkpoint.FsdpCheckpointing`."""
 
     def __init__(self, *args, task_eval: list[dict[str, Any]] | None = None,
                  nan_guard: NonFiniteGuard | None = None, loss_positions_only: bool = True,
