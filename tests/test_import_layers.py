@@ -9,7 +9,8 @@ Layers, bottom to top; a module may import its own layer or a lower one:
   (the registry's table and ``show``), ``strata.cli_env`` (``strata env``), ``strata.config``, ``strata.config_file``, ``strata.flag_aliases``,
   ``strata.flag_usage``, ``strata.evaluation.cli``, ``strata.main``, ``strata.benchmarks`` (``strata bench``:
   finds and runs the scripts in benchmarks/), ``strata.experiments.compare`` (``strata compare``: its parser
-  and main, which parse each arm's flags exactly as ``strata train`` does; the comparison's parts, arms, floor,
+  and main, which parse each arm's flags exactly as ``strata train`` does), ``strata.experiments.compare_worker``
+  (one run of ``strata compare --jobs N``: ``strata train`` then ``strata eval``); the comparison's parts, arms, floor,
   results, statistics and diagnostics, are recipes in layer 2). Configuration lives here and is passed down
   as values.
 
@@ -45,6 +46,7 @@ _EXACT = {
     "strata.main": 3,
     "strata.benchmarks": 3,
     "strata.experiments.compare": 3,
+    "strata.experiments.compare_worker": 3,
 }
 _PACKAGES = {"strata.data": 1, "strata.models": 1, "strata.evaluation": 1, "strata.training": 2,
              "strata.experiments": 2}

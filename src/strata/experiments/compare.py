@@ -237,13 +237,9 @@ def default_output_dir(args: argparse.Namespace, base: Any) -> str:
 # ----------------------------------------------------------------------------------------------- main
 def train_in_process(run: PlannedRun) -> None:
     """One run in this process: `strata train`, then `strata eval` on the held-out source when there is one."""
-    from strata.config import parse_run_config
-    from strata.evaluation.cli import run_eval
-    from strata.training.run import train
+    from strata.experiments.compare_worker import train_in_process as train_and_score
 
-    train(parse_run_config(run.argv))
-    if run.transfer:
-        run_eval([str(run.folder), *run.transfer, "--output", str(run.folder / "transfer.json")])
+    train_and_score(run.argv, run.transfer, run.folder)
 
 
 def machine() -> dict[str, Any]:

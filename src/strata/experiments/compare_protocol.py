@@ -126,17 +126,15 @@ def finished(run: PlannedRun) -> dict[str, Any] | None:
 def _train_subprocess(run: PlannedRun, log: Path, threads: int) -> None:
     """One run in its own interpreter (its own torch thread pool), its output in ``log``."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    steps = [["train", *run.argv]]
-    if run.transfer:
-        steps.append(["eval", str(run.folder), *run.transfer, "--output", str(run.folder / "transfer.json")])
     log.parent.mkdir(parents=True, exist_ok=True)
+    spec = log.with_suffix(".json")
+    spec.write_text(json.dumps({"argv": run.argv, "transfer": run.transfer, "folder": str(run.folder)}))
     with log.open("w") as out:
-        for step in steps:
-            code = subprocess.call([sys.executable, "-m", "strata.cli", *step], stdout=out, stderr=subprocess.STDOUT,
-                                   env=env)
-            if code != 0:
-                tail = log.read_text().strip().splitlines()[-1:] or ["(no output)"]
-                raise StrataError(f"strata {step[0]} for {run.folder.name} exited {code}: {tail[0]} (log: {log})")
+        code = subprocess.call([sys.executable, "-m", "strata.experiments.compare_worker", str(spec)], stdout=out,
+                               stderr=subprocess.STDOUT, env=env)
+    if code != 0:
+        tail = log.read_text().strip().splitlines()[-1:] or ["(no output)"]
+        raise StrataError(f"run {run.folder.name} exited {code}: {tail[0]} (log: {log})")
 
 
 def run_all(runs: list[PlannedRun], jobs: int, logs: Path, in_process: Callable[[PlannedRun], None],
@@ -144,7 +142,8 @@ def run_all(runs: list[PlannedRun], jobs: int, logs: Path, in_process: Callable[
     """Train every run not already finished, ``jobs`` at a time; return their records in order.
 
     With one job each run trains in this process (``in_process``: train, then the transfer evaluation); with
-    several, each in its own interpreter (``python -m strata.cli train``/``eval``) with cores / jobs threads.
+    several, each in its own interpreter (``python -m strata.experiments.compare_worker``) with cores / jobs
+    threads.
     """
     import shutil
 
