@@ -18,7 +18,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.strata-installed
 PIP_QUIET := --quiet --disable-pip-version-check
 
-.PHONY: setup run test lint bench lock test-latest test-floor clean
+.PHONY: setup run test lint bench compare lock test-latest test-floor clean
 
 # The lock pins pip, setuptools and wheel too, and the editable install builds without isolation,
 # so no step of the install resolves a version on its own.
@@ -40,6 +40,17 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+
+# The stratified comparison of docs/results/ (issue 16): ~70-90 minutes on 2 CPU cores, resumable.
+COMPARE_DIR ?= runs/compare_multidomain
+compare: $(STAMP)
+	HF_HUB_OFFLINE=1 STRATA_HUB_MIRROR=$${STRATA_HUB_MIRROR:-../shared/hub} $(BIN)/strata compare \
+	  --mixture multidomain --holdout takala/financial_phrasebank \
+	  --variants none,attention,routing,layers,moe --controls dense_matched,flops_matched,hash --seeds 5 \
+	  --model_size tiny --lr_sweep 1e-3,2e-3,4e-3 --train_tokenizer bpe:2048 --use_packing --mixture_size 64000 \
+	  --max_length 128 --per_device_train_batch_size 16 --max_steps 800 --max_eval_examples 3000 \
+	  --eval_steps 0 --logging_steps 20 --precision fp32 --device cpu --diagnostics --jobs 2 \
+	  --output_dir $(COMPARE_DIR) --report_dir docs/results
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_packing.py
