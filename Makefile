@@ -47,8 +47,8 @@ compare: $(STAMP)
 	HF_HUB_OFFLINE=1 STRATA_HUB_MIRROR=$${STRATA_HUB_MIRROR:-../shared/hub} $(BIN)/strata compare \
 	  --mixture multidomain --holdout takala/financial_phrasebank \
 	  --variants none,attention,routing,layers,moe --controls dense_matched,flops_matched,hash --seeds 5 \
-	  --model_size tiny --lr_sweep 1e-3,2e-3,4e-3 --train_tokenizer bpe:2048 --use_packing --mixture_size 64000 \
-	  --max_length 128 --per_device_train_batch_size 16 --max_steps 800 --max_eval_examples 3000 \
+	  --model_size tiny --lr_sweep 1e-3,2e-3,4e-3 --train_tokenizer bpe:2048 --use_packing --mixture_size 80000 \
+	  --max_length 128 --per_device_train_batch_size 16 --max_steps 1000 --max_eval_examples 3000 \
 	  --eval_steps 0 --logging_steps 20 --precision fp32 --device cpu --diagnostics --jobs 2 \
 	  --output_dir $(COMPARE_DIR) --report_dir docs/results
 

@@ -5,7 +5,9 @@ and the docs must be able to name them; one definition here is expanded to ordin
 (``--datasets ... --dataset_configs ... --train_splits ... --eval_splits ... --mixture_rates ...``), so every
 run folder's args.json still records the data explicitly.
 
-Every source is in the shared hub mirror. Label words are harmonised by the registry (negative / neutral /
+Rates: the sources the tiny baseline learned slowest in calibration (the two tweet sets) get more rows, the
+synthetic set (learned to ~100% by every calibration run) fewer: weights 1.5 / 1.5 / 1.5 / 2 / 2.5 / 2 / 1 below,
+normalised over the sources a run trains on. Every source is in the shared hub mirror. Label words are harmonised by the registry (negative / neutral /
 positive; Twitter financial news bearish -> negative, bullish -> positive); the binary movie sets keep their
 two words. Each example carries its source's ``domain`` tag (the synthetic set: ``synthetic:<planted domain>``).
 
@@ -41,17 +43,19 @@ class Source:
     train_split: str | None
     eval_split: str | None
     note: str = ""
+    weight: float = 1.0  # share of the training rows, before normalising over the sources a run uses
 
 
 SOURCES: tuple[Source, ...] = (
     Source("nyu-mll/glue", "sst2", "train[:20000]", "validation",
-           "test labels are hidden; the first 20,000 of 67,349 training rows (a run reads ~15,000 at most)"),
-    Source("cornell-movie-review-data/rotten_tomatoes", None, "train", "validation"),
-    Source("stanfordnlp/imdb", None, "train", "test", "2,500/2,500 subset; no validation split"),
+           "test labels are hidden; the first 20,000 of 67,349 training rows (a run reads ~15,000 at most)", 1.5),
+    Source("cornell-movie-review-data/rotten_tomatoes", None, "train", "validation", weight=1.5),
+    Source("stanfordnlp/imdb", None, "train", "test", "2,500/2,500 subset; no validation split", 1.5),
     Source("cardiffnlp/tweet_eval", "sentiment", "test[:10000]", "test[10000:]",
-           "no train split in the mirror: disjoint parts of the official test split"),
-    Source("zeroshot/twitter-financial-news-sentiment", None, "train", "validation", "bearish/bullish mapped"),
-    Source("takala/financial_phrasebank", "sentences_50agree", None, None, "seeded 90/10 carve of its only split"),
+           "no train split in the mirror: disjoint parts of the official test split", 2.0),
+    Source("zeroshot/twitter-financial-news-sentiment", None, "train", "validation", "bearish/bullish mapped", 2.5),
+    Source("takala/financial_phrasebank", "sentences_50agree", None, None, "seeded 90/10 carve of its only split",
+           2.0),
     Source("strata/synthetic-strata", None, "train", "validation", "planted strata (known domain)"),
 )
 
@@ -61,10 +65,11 @@ def _word(value: str | None) -> str:
 
 
 def mixture_flags(sources: tuple[Source, ...] = SOURCES, rates: list[float] | None = None) -> list[str]:
-    """`strata train` flags for the mixture; equal rates unless given (one per source, summing to 1)."""
+    """`strata train` flags for the mixture; the sources' weights, normalised, unless rates are given."""
     n = len(sources)
     if rates is None:
-        rates = [1.0 / n] * n
+        total = sum(s.weight for s in sources)
+        rates = [s.weight / total for s in sources]
     if len(rates) != n:
         raise StrataError(f"the {NAME} mixture has {n} sources but {len(rates)} rates were given")
     return [
@@ -87,8 +92,9 @@ def without(name: str) -> tuple[tuple[Source, ...], Source]:
 
 def describe(sources: tuple[Source, ...] = SOURCES) -> str:
     """A markdown table of the sources, for results.md."""
-    lines = ["| source | config | train split | eval split | note |", "|---|---|---|---|---|"]
+    total = sum(s.weight for s in sources)
+    lines = ["| source | config | train split | eval split | rate | note |", "|---|---|---|---|---|---|"]
     for s in sources:
         lines.append(f"| {s.dataset} | {s.config or '-'} | {s.train_split or 'spec default'} | "
-                     f"{s.eval_split or 'spec default'} | {s.note or '-'} |")
+                     f"{s.eval_split or 'spec default'} | {s.weight / total:.3f} | {s.note or '-'} |")
     return "\n".join(lines)

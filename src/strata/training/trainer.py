@@ -22,7 +22,7 @@ from strata.evaluation.task_metrics import scalar_metrics, task_metric_names
 from strata.training.fsdp_checkpoint import FsdpCheckpointing
 from strata.training.guards import NonFiniteGuard
 from strata.training.sparse_loss import LossPositionsOnly
-from strata.training.telemetry import DeviceTelemetry
+from strata.training.telemetry import DeviceTelemetry, MeteredTraining, gather_rows, sum_over_processes
 from strata.training.throughput import (
     FlopCounter,
     ThroughputMeter,
@@ -132,33 +132,17 @@ class StrataTrainer(FsdpCheckpointing, Trainer):
         return ThroughputMeter(FlopCounter.from_model(self.model), peak, reason, self.accelerator.num_processes)
 
     def _sum_over_processes(self, values: list[float]) -> list[float]:
-        if self.accelerator.num_processes == 1:
-            return values
-        total = self.accelerator.reduce(torch.tensor(values, dtype=torch.float64, device=self.args.device),
-                                        reduction="sum")
-        return [float(v) for v in total]
+        return sum_over_processes(self.accelerator, self.args.device, values)
 
     def _gather_rows(self, values: list[float]) -> list[list[float]]:
-        """Every process's ``values``, in rank order (one all_gather)."""
-        local = torch.tensor([values], dtype=torch.float64, device=self.args.device)
-        if self.accelerator.num_processes == 1:
-            return local.tolist()
-        return self.accelerator.gather(local).cpu().tolist()
+        return gather_rows(self.accelerator, self.args.device, values)
 
     def throughput_summary(self) -> dict[str, Any]:
         """Run-level tokens/s, loss tokens/s, FLOPs per token, peak and MFU for metrics.json (all ranks call)."""
         return self.throughput.summary(self._sum_over_processes) if self.throughput is not None else {}
 
-    def telemetry_summary(self) -> dict[str, Any]:
-        """metrics.json ``run.telemetry`` (all ranks call; after :meth:`throughput_summary`, which counts the
-        steps after the last log)."""
-        if self.telemetry is None or self.throughput is None:
-            return {}
-        # TrainerState.train_batch_size is what the loop ran (after --auto_find_batch_size), per process: x the
-        # GPUs one process drives under DataParallel.
-        ran = self.state.train_batch_size
-        per_device = ran // max(1, self.args.n_gpu) if ran is not None else None
-        return self.telemetry.summary(*self.throughput.run_local, self._gather_rows, per_device)
+    # metrics.json ``run.telemetry``: the same summary as the GRPO and vision trainers give
+    telemetry_summary = MeteredTraining.telemetry_summary
 
     # --- evaluation -------------------------------------------------------------------------
     # Task metrics join the metrics inside Trainer.evaluate (through evaluation_loop), so the one
