@@ -329,7 +329,9 @@ def compare(argv: list[str]) -> dict[str, Any]:
         floor["per_source"].update(heldout_floor(first[0].folder))
     if tokenizer:
         info["setup"]["tokenizer"] = tokenizer
+    walls = [s["wall_seconds"] for s in summaries if isinstance(s.get("wall_seconds"), (int, float))]
     setup = {**info["setup"], "harness_seconds_this_invocation": time.perf_counter() - started, "machine": machine(),
+             "run_seconds_summed": sum(walls),  # over every run, as first trained (skipped ones keep theirs)
              "eval_examples": {e.name: len(e.dataset) for e in examples.evals}}
     arms = info["arms"] if not stopped else [a for a in info["arms"] if a.name == BASELINE]
     results = build_results(command, setup, arms, summaries, floor)

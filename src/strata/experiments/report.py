@@ -224,7 +224,13 @@ def render_markdown(results: dict[str, Any], plots: list[str]) -> str:
              "mean ± half-width of the t-based 95% CI over seeds.", "",
              "## Command", "", "```", results["command"], "```", "",
              "## Setup", ""]
-    lines += [f"- {key}: `{value}`" for key, value in setup.items() if key != "forwarded_flags"]
+    lines += [f"- {key}: `{value}`" for key, value in setup.items()
+              if key not in ("forwarded_flags", "matching", "machine")]  # those two have their own lines/section
+    if setup.get("machine"):
+        m = setup["machine"]
+        versions = ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items())
+        lines.append(f"- machine: {'; '.join(m.get('devices', []))}; Python {m.get('python')}; {versions}; "
+                     f"{m.get('date')}")
     lines += ["", "Arms (each trained from a fresh model per seed; the seed sets initialisation, `--data_seed` is "
               "shared, so every arm of a seed sees the same batches and is scored on the same rows):", ""]
     for arm in results["arms"]:
