@@ -22,7 +22,7 @@ from strata.evaluation.task_metrics import scalar_metrics, task_metric_names
 from strata.training.fsdp_checkpoint import FsdpCheckpointing
 from strata.training.guards import NonFiniteGuard
 from strata.training.sparse_loss import LossPositionsOnly
-from strata.training.telemetry import DeviceTelemetry, MeteredTraining, gather_rows, sum_over_processes
+from strata.training.telemetry import DeviceTelemetry, MeteredTraining
 from strata.training.throughput import (
     FlopCounter,
     ThroughputMeter,
@@ -131,17 +131,10 @@ class StrataTrainer(FsdpCheckpointing, Trainer):
             logger.warning(reason)
         return ThroughputMeter(FlopCounter.from_model(self.model), peak, reason, self.accelerator.num_processes)
 
-    def _sum_over_processes(self, values: list[float]) -> list[float]:
-        return sum_over_processes(self.accelerator, self.args.device, values)
-
-    def _gather_rows(self, values: list[float]) -> list[list[float]]:
-        return gather_rows(self.accelerator, self.args.device, values)
-
-    def throughput_summary(self) -> dict[str, Any]:
-        """Run-level tokens/s, loss tokens/s, FLOPs per token, peak and MFU for metrics.json (all ranks call)."""
-        return self.throughput.summary(self._sum_over_processes) if self.throughput is not None else {}
-
-    # metrics.json ``run.telemetry``: the same summary as the GRPO and vision trainers give
+    # The process reductions and metrics.json ``run.telemetry`` are the GRPO and vision trainers' (telemetry.py)
+    _sum_over_processes = MeteredTraining._sum_over_processes
+    _gather_rows = MeteredTraining._gather_rows
+    throughput_summary = MeteredTraining.throughput_summary  # run-level tokens/s, FLOPs per token, MFU
     telemetry_summary = MeteredTraining.telemetry_summary
 
     # --- evaluation -------------------------------------------------------------------------
